@@ -1,0 +1,254 @@
+"""The ``recordkit`` command line: a thin skin over the library.
+
+Each command parses its options, calls the library, and prints. Errors a user can cause
+(:class:`~recordkit.errors.RecordkitError`, missing files) end as one ``Error: …`` line and a
+non-zero exit code, never a traceback. Heavy modules are imported inside the commands that need
+them so that ``recordkit list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from recordkit import __version__
+from recordkit.errors import RecordkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def user_errors(fn: F) -> F:
+    """Turn library errors into ``Error: <message>`` and exit code 1 (2 is click's usage)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecordkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress_bar(total: int, unit: str, desc: str, *, quiet: bool = False, **kw: Any):
+    """A tqdm bar on a terminal; a no-op object otherwise (CI logs, pipes, --quiet)."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, unit=unit, desc=desc, disable=disable, leave=False, **kw)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="recordkit")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """recordkit: image folders → sharded TFRecord datasets → DALI / PyTorch batches.
+
+    \b
+    recordkit list mydata img_data --recursive --train-ratio 0.95
+    recordkit verify shards/
+    recordkit inspect shards/ --json
+    """
+    import logging
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --- list ------------------------------------------------------------------------------------
+@main.command("list", context_settings=CONTEXT_SETTINGS)
+@click.argument("prefix", type=click.Path(path_type=Path))
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option(
+    "--recursive/--no-recursive",
+    default=False,
+    show_default=True,
+    help="Walk subfolders; each folder holding images becomes a class (label in walk order).",
+)
+@click.option(
+    "--train-ratio", type=float, default=1.0, show_default=True, help="Fraction for PREFIX_train."
+)
+@click.option(
+    "--test-ratio", type=float, default=0.0, show_default=True, help="Fraction for PREFIX_test."
+)
+@click.option(
+    "--exts",
+    default=".jpeg,.jpg,.png",
+    show_default=True,
+    help="Comma-separated extensions, matched case-insensitively (im2rec: case-sensitive).",
+)
+@click.option(
+    "--chunks",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split the list into N chunk files (PREFIX_0…).",
+)
+@click.option(
+    "--shuffle/--no-shuffle",
+    default=True,
+    show_default=True,
+    help="Shuffle as im2rec does: random.seed(100) then random.shuffle.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the class table and summary.")
+@user_errors
+def list_cmd(
+    prefix: Path,
+    root: Path,
+    recursive: bool,
+    train_ratio: float,
+    test_ratio: float,
+    exts: str,
+    chunks: int,
+    shuffle: bool,
+    quiet: bool,
+) -> None:
+    """Write im2rec-compatible image lists PREFIX*.lst for the images under ROOT.
+
+    A drop-in for MXNet's `im2rec.py --list`: same walk order, labels, shuffle, line format and
+    file names (PREFIX.lst at ratio 1.0, else PREFIX_train.lst, PREFIX_val.lst,
+    PREFIX_test.lst; _N suffixes with --chunks). Prints the class table as im2rec does.
+    """
+    from recordkit.listing import format_class_table, make_lists, normalize_exts
+
+    result = make_lists(
+        prefix,
+        root,
+        recursive=recursive,
+        exts=normalize_exts(exts),
+        train_ratio=train_ratio,
+        test_ratio=test_ratio,
+        chunks=chunks,
+        shuffle=shuffle,
+    )
+    if quiet:
+        return
+    if recursive:
+        click.echo(format_class_table(result.classes))
+    for key, path in result.files.items():
+        click.echo(f"wrote {path} ({result.counts[key]} images)", err=True)
+
+
+# --- verify ----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--no-decode", is_flag=True, help="Check framing, CRCs and index only.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def verify(path: Path, no_decode: bool, quiet: bool) -> None:
+    """Check a shard directory (or one .tfrecord file) end to end.
+
+    Every record's CRCs, every .idx line against the file, each record parses as an image
+    Example with labels in range, and the manifest's record counts, sizes and SHA-256 sums.
+    Prints each problem as FILE: offset N: WHAT and exits 1 if there is any.
+    """
+    from recordkit.verify import verify as verify_path
+
+    total = _total_bytes(path)
+    with _progress_bar(total, "B", "verify", quiet=quiet, unit_scale=True) as bar:
+        report = verify_path(path, decode=not no_decode, progress=bar.update)
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for p in report.problems:
+        click.echo(str(p))
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+def _total_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    try:
+        from recordkit.format.manifest import read_manifest
+
+        m = read_manifest(path)
+    except RecordkitError:
+        return 0
+    return sum(s.bytes for s in m.splits.values())
+
+
+# --- inspect ---------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--max-records",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Scan at most N records per split (a quick sample).",
+)
+@click.option(
+    "--classes",
+    "max_classes",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Class histogram rows to print per split.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def inspect(
+    path: Path, as_json: bool, max_records: int | None, max_classes: int, quiet: bool
+) -> None:
+    """Summarize a shard directory: splits, records, class histogram, image sizes, bytes."""
+    from recordkit.dataset import open_dataset
+    from recordkit.summary import format_summary, inspect_dataset
+
+    ds = open_dataset(path)
+    total = sum(len(s) for s in ds.splits.values())
+    if max_records is not None:
+        total = sum(min(len(s), max_records) for s in ds.splits.values())
+    with _progress_bar(total, "rec", "inspect", quiet=quiet) as bar:
+        info = inspect_dataset(ds, max_records=max_records, progress=bar.update)
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(format_summary(info, max_classes=max_classes))
+
+
+# --- index -----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Index file to write (one input only). Default: the input's stem + .idx.",
+)
+@click.option("--no-crc", is_flag=True, help="Do not check CRCs while scanning.")
+@user_errors
+def index(files: tuple[Path, ...], output: Path | None, no_crc: bool) -> None:
+    """Build DALI-format .idx files for TFRecord FILES (like DALI's tfrecord2idx).
+
+    Works on any TFRecord file, not only recordkit's. Each line is "<offset> <size>".
+    """
+    from recordkit.format.index import build_index, index_path_for, write_index
+
+    if output is not None and len(files) > 1:
+        raise click.UsageError("--output takes exactly one input file")
+    for f in files:
+        if not f.is_file():
+            raise RecordkitError(f"no such file: {f}")
+        entries = build_index(f, verify_crc=not no_crc)
+        dest = output if output is not None else index_path_for(f)
+        if dest.resolve() == f.resolve():
+            raise RecordkitError(f"refusing to overwrite the data file {f} with its index")
+        write_index(entries, dest)
+        click.echo(f"{dest}: {len(entries)} records")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

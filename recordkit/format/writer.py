@@ -1,0 +1,173 @@
+"""Write one shard: a TFRecord file and its DALI index, under temporary names until closed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from recordkit.format import framing
+from recordkit.format.example import Record, encode_example
+from recordkit.format.index import index_path_for
+
+__all__ = ["ShardWriter", "ShardInfo", "temp_path_for"]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a finished shard holds; the manifest stores these fields.
+
+    Attributes:
+        path: The ``.tfrecord`` file.
+        index_path: Its ``.idx`` file.
+        records: Number of records.
+        bytes: Size of the ``.tfrecord`` file in bytes.
+        sha256: Hex SHA-256 of the ``.tfrecord`` file.
+    """
+
+    path: Path
+    index_path: Path
+    records: int
+    bytes: int
+    sha256: str
+
+
+def temp_path_for(path: str | os.PathLike[str]) -> Path:
+    """Return the temporary name a file is written under before it is renamed into place."""
+    p = Path(path)
+    return p.with_name(p.name + ".tmp")
+
+
+class ShardWriter:
+    """Write records to ``path`` (a ``.tfrecord``) and ``path``'s ``.idx``, atomically.
+
+    Both files are written as ``<name>.tmp`` and renamed on :meth:`close`: the index first,
+    then the data file, so a ``.tfrecord`` that exists is complete and has its index. If the
+    ``with`` block raises, the temporary files are removed and nothing is renamed.
+
+    Example:
+        >>> with ShardWriter("shards/train-00000-of-00001.tfrecord") as w:  # doctest: +SKIP
+        ...     w.write(Record(image=jpeg_bytes, labels=3, filename="cat/1.jpg"))
+
+    Args:
+        path: Final path of the TFRecord file; its parent directory must exist.
+        index: Also write the ``.idx`` file.
+        fsync: ``fsync`` both files before renaming (crash safety on power loss).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, index: bool = True, fsync: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self.index_path = index_path_for(self.path)
+        self._tmp = temp_path_for(self.path)
+        self._idx_tmp = temp_path_for(self.index_path) if index else None
+        self._fsync = fsync
+        self._f = open(self._tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        self._idx = (
+            open(self._idx_tmp, "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
+            if self._idx_tmp
+            else None
+        )
+        self._hash = hashlib.sha256()
+        self._offset = 0
+        self._count = 0
+        self._closed = False
+        self.info: ShardInfo | None = None
+
+    @property
+    def records(self) -> int:
+        """Number of records written so far."""
+        return self._count
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written to the data file so far."""
+        return self._offset
+
+    def write_bytes(self, data: bytes | bytearray | memoryview) -> int:
+        """Append one record whose data is ``data`` (any bytes, e.g. a serialized Example).
+
+        Returns:
+            The byte offset at which the record starts.
+        """
+        if self._closed:
+            raise ValueError(f"write to closed ShardWriter {self.path}")
+        framed = framing.frame(data)
+        offset = self._offset
+        self._f.write(framed)
+        self._hash.update(framed)
+        if self._idx is not None:
+            self._idx.write(f"{offset} {len(framed)}\n")
+        self._offset += len(framed)
+        self._count += 1
+        return offset
+
+    def write(self, record: Record) -> int:
+        """Append one :class:`~recordkit.format.example.Record`.
+
+        Returns:
+            The byte offset at which the record starts.
+        """
+        return self.write_bytes(encode_example(record))
+
+    def close(self) -> ShardInfo:
+        """Flush, fsync and rename both files into place.
+
+        Returns:
+            The :class:`ShardInfo` of the finished shard.
+        """
+        if self._closed:
+            assert self.info is not None
+            return self.info
+        for f in (self._idx, self._f):
+            if f is None:
+                continue
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+            f.close()
+        if self._idx_tmp is not None:
+            os.replace(self._idx_tmp, self.index_path)
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        self.info = ShardInfo(
+            path=self.path,
+            index_path=self.index_path,
+            records=self._count,
+            bytes=self._offset,
+            sha256=self._hash.hexdigest(),
+        )
+        return self.info
+
+    def abort(self) -> None:
+        """Close and delete the temporary files without renaming anything."""
+        if self._closed:
+            return
+        self._closed = True
+        for f in (self._idx, self._f):
+            if f is not None:
+                f.close()
+        for p in (self._tmp, self._idx_tmp):
+            if p is not None:
+                p.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:  # never leave descriptors behind; do not rename
+        if not getattr(self, "_closed", True):
+            self.abort()

@@ -1,0 +1,581 @@
+"""Image lists in MXNet ``im2rec.py --list`` format.
+
+This module is a drop-in replacement for the list-making half of MXNet's ``im2rec.py``: for the
+same image folder and the same options it writes byte-identical ``.lst`` files (same names, same
+lines, same order, including im2rec's ``random.seed(100)`` shuffle and its chunk/split
+arithmetic). It also reads such files back and recovers class names from them.
+
+A ``.lst`` line is ``index<TAB>label[<TAB>label...]<TAB>path`` with each label formatted as
+``'%f'`` (``2.000000``) and ``path`` relative to the image root.
+
+Differences from im2rec, all deliberate:
+
+* Extensions are matched case-insensitively (``x.JPG`` is an image) and may be given with or
+  without the leading dot.
+* Options are validated up front (ratios in ``[0, 1]``, ``chunks >= 1``, at least one image);
+  problems raise :class:`ListError` instead of writing empty or meaningless lists.
+* Each file is written atomically (temporary file in the same directory, then ``os.replace``),
+  always with ``\\n`` line endings and UTF-8 (undecodable file-name bytes are written back as
+  they were, via ``surrogateescape``).
+* The shuffle uses a private ``random.Random(100)``, which gives exactly the permutation of
+  ``random.seed(100); random.shuffle(...)`` without touching the caller's global random state.
+* A directory symlink that points back into the directory chain being walked (a cycle) is not
+  followed again; im2rec would recurse until the OS refuses.
+
+Only the standard library is imported, so this module is cheap to import from a CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import numbers
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from recordkit.errors import RecordkitError
+
+__all__ = [
+    "DEFAULT_EXTS",
+    "ListEntry",
+    "ListError",
+    "ListResult",
+    "classes_from_lists",
+    "format_class_table",
+    "list_images",
+    "make_lists",
+    "normalize_exts",
+    "read_list",
+    "write_list",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXTS: tuple[str, ...] = (".jpeg", ".jpg", ".png")
+"""im2rec's default ``--exts``."""
+
+_SHUFFLE_SEED = 100  # im2rec: random.seed(100)
+_FORBIDDEN_PATH_CHARS = ("\t", "\n", "\r")
+
+
+class ListError(RecordkitError, ValueError):
+    """A problem with list options, an image folder or a ``.lst`` file.
+
+    The message is a single user-readable line (the CLI prints it as ``Error: <message>``).
+    """
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of a ``.lst`` file.
+
+    Attributes:
+        index: The image index (im2rec: position in walk order, kept through the shuffle).
+        labels: One or more labels; im2rec lists carry exactly one.
+        path: Image path relative to the root, joined with ``os.sep`` as ``os.path.relpath``
+            gives it (or as found in the file, for entries read with :func:`read_list`).
+    """
+
+    index: int
+    labels: tuple[float, ...]
+    path: str
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ListError(f"list entry {self.index} ({self.path!r}) has no label")
+
+    @property
+    def label(self) -> float:
+        """The first label."""
+        return self.labels[0]
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """What :func:`make_lists` wrote.
+
+    Attributes:
+        files: Role of each written file -> its path, in the order written. Roles are ``"all"``
+            (``PREFIX.lst``, when ``train_ratio == 1``), ``"train"``, ``"val"`` and ``"test"``
+            (``PREFIX_train.lst`` ...). With ``chunks > 1`` every role is prefixed by the chunk
+            number: ``"0_all"`` (``PREFIX_0.lst``), ``"0_train"`` (``PREFIX_0_train.lst``),
+            ``"1_val"`` ... A role is present exactly when im2rec would write that file, even
+            if the file is empty.
+        classes: Class names in label order (see :func:`list_images`).
+        counts: Role -> number of lines in that file (same keys as ``files``).
+        num_images: Number of images found (before splitting).
+    """
+
+    files: dict[str, Path]
+    classes: list[str]
+    counts: dict[str, int]
+    num_images: int
+
+
+# --------------------------------------------------------------------------------------------
+# Walking
+
+
+def normalize_exts(exts: Sequence[str] | str) -> tuple[str, ...]:
+    """Normalise an extension list to lower case with a leading dot, duplicates removed.
+
+    Args:
+        exts: Extensions such as ``[".jpg", "PNG"]``, or one comma-separated string
+            (``".jpg,.png"``, as im2rec's ``--exts`` takes it).
+
+    Returns:
+        The extensions, lower-cased and dot-prefixed, in the order given.
+
+    Raises:
+        ListError: If no extension remains, or one is just ``"."``.
+    """
+    if isinstance(exts, str):
+        exts = exts.split(",")
+    out: list[str] = []
+    for raw in exts:
+        ext = str(raw).strip().lower()
+        if not ext:
+            continue
+        if not ext.startswith("."):
+            ext = "." + ext
+        if ext == ".":
+            raise ListError(f"invalid extension {raw!r}")
+        if ext not in out:
+            out.append(ext)
+    if not out:
+        raise ListError("no image extensions given")
+    return tuple(out)
+
+
+def _check_root(root: str) -> None:
+    if not os.path.exists(root):
+        raise ListError(f"ROOT does not exist: {root}")
+    if not os.path.isdir(root):
+        raise ListError(f"not a directory: {root}")
+
+
+def _walk_recursive(root: str, exts: frozenset[str]) -> tuple[list[ListEntry], list[str]]:
+    entries: list[ListEntry] = []
+    cat: dict[str, int] = {}
+    # Real paths of the directories from root down to each walked directory, to stop symlink
+    # cycles (im2rec has no such guard and recurses until ELOOP / ENAMETOOLONG).
+    chains: dict[str, frozenset[str]] = {root: frozenset((os.path.realpath(root),))}
+
+    def onerror(err: OSError) -> None:
+        logger.warning("skipping unreadable directory %s: %s", err.filename, err.strerror)
+
+    for path, dirs, files in os.walk(root, onerror=onerror, followlinks=True):
+        dirs.sort()
+        files.sort()
+        chain = chains.pop(path, frozenset())
+        kept: list[str] = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(path, d))
+            if real in chain:
+                logger.warning(
+                    "not following %s: symlink cycle back to %s", os.path.join(path, d), real
+                )
+                continue
+            kept.append(d)
+            chains[os.path.join(path, d)] = chain | {real}
+        dirs[:] = kept
+        for fname in files:
+            fpath = os.path.join(path, fname)
+            suffix = os.path.splitext(fname)[1].lower()
+            if suffix in exts and os.path.isfile(fpath):
+                if path not in cat:
+                    cat[path] = len(cat)
+                entries.append(
+                    ListEntry(len(entries), (float(cat[path]),), os.path.relpath(fpath, root))
+                )
+    classes = [os.path.relpath(k, root) for k, _ in sorted(cat.items(), key=lambda x: x[1])]
+    return entries, classes
+
+
+def _walk_flat(root: str, exts: frozenset[str]) -> tuple[list[ListEntry], list[str]]:
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as err:
+        raise ListError(f"cannot read directory {root}: {err.strerror}") from err
+    entries: list[ListEntry] = []
+    for fname in names:
+        fpath = os.path.join(root, fname)
+        suffix = os.path.splitext(fname)[1].lower()
+        if suffix in exts and os.path.isfile(fpath):
+            entries.append(ListEntry(len(entries), (0.0,), os.path.relpath(fpath, root)))
+    return entries, (["."] if entries else [])
+
+
+def list_images(
+    root: str | os.PathLike[str],
+    *,
+    recursive: bool = False,
+    exts: Sequence[str] | str = DEFAULT_EXTS,
+) -> tuple[list[ListEntry], list[str]]:
+    """Find images under ``root`` exactly as im2rec's ``list_image`` does.
+
+    Recursive mode walks with ``os.walk(root, followlinks=True)``, directories and files each
+    sorted by code point; every directory holding at least one image becomes a class, numbered
+    in the order it is first met. Non-recursive mode takes the sorted files directly in
+    ``root``, all with label 0. Only regular files (or symlinks to them) whose extension matches
+    case-insensitively are listed.
+
+    Args:
+        root: The image folder.
+        recursive: Walk subdirectories, one class per image-holding directory.
+        exts: Image extensions (see :func:`normalize_exts`).
+
+    Returns:
+        ``(entries, classes)``: the entries in walk order (index = position, single label), and
+        the class names in label order. The name of label ``k`` is ``os.path.relpath(dir, root)``
+        of the ``k``-th image-holding directory (``"."`` for ``root`` itself); non-recursive
+        mode has the single class ``"."``. Both lists are empty when no image is found.
+
+    Raises:
+        ListError: If ``root`` does not exist or is not a directory, or ``exts`` is empty.
+    """
+    root_s = os.fsdecode(root)
+    ext_set = frozenset(normalize_exts(exts))
+    _check_root(root_s)
+    if recursive:
+        return _walk_recursive(root_s, ext_set)
+    return _walk_flat(root_s, ext_set)
+
+
+def format_class_table(classes: Sequence[str]) -> str:
+    """Format the class table im2rec prints after a recursive listing.
+
+    Args:
+        classes: Class names in label order, as returned by :func:`list_images`.
+
+    Returns:
+        One ``"<relpath> <label>"`` line per class, joined with ``\\n`` and without a trailing
+        newline (empty string for no classes). im2rec prints this only in recursive mode.
+    """
+    return "\n".join(f"{name} {label}" for label, name in enumerate(classes))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and reading .lst files
+
+
+def _format_line(entry: ListEntry) -> str:
+    for ch in _FORBIDDEN_PATH_CHARS:
+        if ch in entry.path:
+            raise ListError(f"cannot write {entry.path!r} to a .lst file: the path contains {ch!r}")
+    if not entry.path:
+        raise ListError(f"cannot write list entry {entry.index}: empty path")
+    # Same as im2rec: '%d\t' % index, '%f\t' % label for each label, '%s\n' % path. Printf-style
+    # on purpose: '%f' converts via float() exactly as im2rec does, whatever the label's type.
+    line = "%d\t" % entry.index  # noqa: UP031
+    for label in entry.labels:
+        line += "%f\t" % label  # noqa: UP031
+    return line + entry.path + "\n"
+
+
+def _atomic_write_lines(path: str, lines: Iterable[str]) -> int:
+    """Write ``lines`` to ``path`` via a temporary file in the same directory + ``os.replace``.
+
+    The temporary file is created with mode 0o666 so the process umask applies, as for a plain
+    ``open(path, "w")``. Returns the number of lines written.
+    """
+    directory = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    while True:
+        tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except FileNotFoundError as err:
+            raise ListError(f"output directory does not exist: {directory}") from err
+        except OSError as err:
+            raise ListError(f"cannot write {path}: {err.strerror}") from err
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+            for line in lines:
+                f.write(line)
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise ListError(f"cannot write {path}: {err.strerror or err}") from err
+        raise
+    return n
+
+
+def write_list(path: str | os.PathLike[str], entries: Iterable[ListEntry]) -> None:
+    """Write entries in im2rec's ``.lst`` format, atomically.
+
+    Each line is ``'%d\\t' % index``, then ``'%f\\t' % label`` per label, then the path and
+    ``\\n``, exactly as im2rec's ``write_list``.
+
+    Args:
+        path: The ``.lst`` file to (over)write.
+        entries: The entries, written in the order given.
+
+    Raises:
+        ListError: If a path is empty or contains a tab, CR or LF (it could not be read back),
+            or the file cannot be written (e.g. its directory does not exist). On error the
+            destination is left untouched.
+    """
+    _write_list_count(os.fsdecode(path), entries)
+
+
+def _write_list_count(path: str, entries: Iterable[ListEntry]) -> int:
+    n = _atomic_write_lines(path, (_format_line(e) for e in entries))
+    logger.debug("wrote %d entries to %s", n, path)
+    return n
+
+
+def _parse_line(line: str) -> ListEntry:
+    # Same field handling as im2rec's read_list: strip the line, split on tabs, strip fields.
+    fields = [f.strip() for f in line.strip().split("\t")]
+    if len(fields) < 3:
+        raise ValueError(f"expected at least 3 tab-separated fields, got {len(fields)}")
+    try:
+        index = int(fields[0])
+    except ValueError:
+        raise ValueError(f"index {fields[0]!r} is not an integer") from None
+    labels: list[float] = []
+    for field in fields[1:-1]:
+        try:
+            labels.append(float(field))
+        except ValueError:
+            raise ValueError(f"label {field!r} is not a number") from None
+    if not fields[-1]:
+        raise ValueError("empty path")
+    return ListEntry(index, tuple(labels), fields[-1])
+
+
+def read_list(path: str | os.PathLike[str]) -> list[ListEntry]:
+    """Read an im2rec ``.lst`` file.
+
+    Lines are ``index<TAB>label[<TAB>label...]<TAB>path``; fields are stripped of surrounding
+    whitespace (so trailing spaces and CRLF line endings are fine) and blank lines are skipped.
+    The file is decoded as UTF-8 with ``surrogateescape``, so paths with undecodable bytes come
+    back as the same file names. A leading UTF-8 BOM is ignored.
+
+    Args:
+        path: The ``.lst`` file.
+
+    Returns:
+        The entries in file order.
+
+    Raises:
+        ListError: If the file cannot be read, or a line is malformed (the message names the
+            file and the 1-based line number).
+    """
+    path_s = os.fsdecode(path)
+    try:
+        with open(path_s, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ListError(f"cannot read {path_s}: {err.strerror or err}") from err
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    entries: list[ListEntry] = []
+    # Split on \n only (bytes.splitlines would also split on \r alone, \x0b, \x0c, \x1c...).
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        line = raw.decode("utf-8", errors="surrogateescape")
+        if not line.strip():
+            continue
+        try:
+            entries.append(_parse_line(line))
+        except (ValueError, ListError) as err:
+            shown = line.strip()
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            raise ListError(f"{path_s}, line {lineno}: {err}: {shown!r}") from None
+    return entries
+
+
+def classes_from_lists(entries: Iterable[ListEntry]) -> list[str]:
+    """Recover class names from list entries whose first label is their directory's class.
+
+    This inverts the recursive im2rec labelling: label ``k`` is named after the parent directory
+    of the paths whose first label is ``k`` (``/`` normalised to ``os.sep``; ``"."`` for files
+    directly in the root). Works for lists written by im2rec or by :func:`make_lists`, shuffled
+    or not, and for several lists of one dataset chained together.
+
+    Args:
+        entries: The entries, e.g. from :func:`read_list` (train and val lists may be chained).
+
+    Returns:
+        Class names in label order (``[]`` for no entries).
+
+    Raises:
+        ListError: If a first label is not a non-negative integer, a label in ``0..max`` has no
+            entries, a label maps to several directories, or several labels map to one
+            directory. Callers can then fall back to numbered class names.
+    """
+    dirs_by_label: dict[int, set[str]] = {}
+    for entry in entries:
+        value = entry.label
+        if not math.isfinite(value) or value != int(value) or value < 0:
+            raise ListError(
+                f"label {value:f} of {entry.path!r} is not a non-negative integer; "
+                "cannot derive class names"
+            )
+        parent = os.path.dirname(entry.path.replace("/", os.sep)) or "."
+        dirs_by_label.setdefault(int(value), set()).add(parent)
+    if not dirs_by_label:
+        return []
+    classes: list[str] = []
+    label_of_dir: dict[str, int] = {}
+    for label in range(max(dirs_by_label) + 1):
+        found = dirs_by_label.get(label)
+        if not found:
+            raise ListError(f"label {label} has no entries; cannot derive class names")
+        if len(found) > 1:
+            shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
+            raise ListError(
+                f"label {label} maps to several directories ({shown}); cannot derive class names"
+            )
+        (name,) = found
+        if name in label_of_dir:
+            raise ListError(
+                f"directory {name} holds labels {label_of_dir[name]} and {label}; "
+                "cannot derive class names"
+            )
+        label_of_dir[name] = label
+        classes.append(name)
+    return classes
+
+
+# --------------------------------------------------------------------------------------------
+# make_lists
+
+
+def _check_ratio(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ListError(f"{name} must be a number, got {value!r}")
+    x = float(value)
+    if not 0.0 <= x <= 1.0:  # also rejects NaN
+        raise ListError(f"{name} must be in [0, 1], got {value}")
+    return x
+
+
+def _no_images_message(root: str, exts: Sequence[str], recursive: bool) -> str:
+    msg = f"no images found under {root} with extensions {','.join(exts)}"
+    if not recursive:
+        try:
+            has_subdirs = any(e.is_dir() for e in os.scandir(root))
+        except OSError:
+            has_subdirs = False
+        if has_subdirs:
+            msg += " (ROOT has subdirectories; use --recursive to list them)"
+    return msg
+
+
+def make_lists(
+    prefix: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    *,
+    recursive: bool = False,
+    exts: Sequence[str] | str = DEFAULT_EXTS,
+    train_ratio: float = 1.0,
+    test_ratio: float = 0.0,
+    chunks: int = 1,
+    shuffle: bool = True,
+) -> ListResult:
+    """List the images under ``root`` and write ``.lst`` files exactly as ``im2rec --list``.
+
+    The images are listed with :func:`list_images`, shuffled (if ``shuffle``) with im2rec's
+    seed-100 permutation, cut into ``chunks`` consecutive chunks of
+    ``ceil(N / chunks)`` entries, and each chunk split into test / val / train parts using
+    ``int(chunk_size * ratio)`` boundaries (``chunk_size`` being the nominal size, also for a
+    shorter last chunk — an im2rec quirk kept on purpose). File names are ``PREFIX`` +
+    (``_<chunk>`` if ``chunks > 1``) + one of ``.lst`` (``train_ratio == 1``), ``_test.lst``
+    (``test_ratio > 0``), ``_val.lst`` (``train_ratio + test_ratio < 1``), ``_train.lst``.
+    ``PREFIX`` is used as a plain string prefix, so ``out/data`` gives ``out/data_train.lst``.
+
+    Args:
+        prefix: Output path prefix; its directory must exist.
+        root: The image folder.
+        recursive: One class per image-holding directory (see :func:`list_images`).
+        exts: Image extensions, matched case-insensitively.
+        train_ratio: Fraction of each chunk for training, in ``[0, 1]``.
+        test_ratio: Fraction of each chunk for testing, in ``[0, 1]``.
+        chunks: Number of chunks (``>= 1``).
+        shuffle: Shuffle as im2rec does (``random.seed(100)``); the global random state is left
+            untouched.
+
+    Returns:
+        A :class:`ListResult` with the written files keyed by role (``"all"``, ``"train"``,
+        ``"val"``, ``"test"``, or ``"<chunk>_<role>"`` with several chunks).
+
+    Raises:
+        ListError: If a ratio is outside ``[0, 1]`` or the ratios sum to more than 1, ``chunks``
+            is not an integer ``>= 1``, ``root`` is missing or not a directory, no image is
+            found, or a file cannot be written.
+    """
+    train_ratio = _check_ratio("--train-ratio", train_ratio)
+    test_ratio = _check_ratio("--test-ratio", test_ratio)
+    if train_ratio + test_ratio > 1.0 + 1e-9:
+        raise ListError(
+            f"--train-ratio + --test-ratio must not exceed 1 (got {train_ratio} + {test_ratio})"
+        )
+    if isinstance(chunks, bool) or not isinstance(chunks, numbers.Integral):
+        raise ListError(f"--chunks must be an integer, got {chunks!r}")
+    chunks = int(chunks)
+    if chunks < 1:
+        raise ListError(f"--chunks must be at least 1, got {chunks}")
+    ext_tuple = normalize_exts(exts)
+    root_s = os.fsdecode(root)
+    prefix_s = os.fsdecode(prefix)
+
+    image_list, classes = list_images(root_s, recursive=recursive, exts=ext_tuple)
+    if not image_list:
+        raise ListError(_no_images_message(root_s, ext_tuple, recursive))
+    out_dir = os.path.dirname(prefix_s) or "."
+    if not os.path.isdir(out_dir):
+        raise ListError(f"output directory does not exist: {out_dir}")
+
+    if shuffle:
+        # Identical permutation to `random.seed(100); random.shuffle(image_list)`.
+        random.Random(_SHUFFLE_SEED).shuffle(image_list)
+
+    n = len(image_list)
+    chunk_size = (n + chunks - 1) // chunks
+    files: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+
+    def emit(chunk_tag: str, role: str, suffix: str, part: list[ListEntry]) -> None:
+        file_path = prefix_s + chunk_tag + suffix
+        key = f"{chunk_tag[1:]}_{role}" if chunk_tag else role
+        counts[key] = _write_list_count(file_path, part)
+        files[key] = Path(file_path)
+
+    for i in range(chunks):
+        chunk = image_list[i * chunk_size : (i + 1) * chunk_size]
+        tag = f"_{i}" if chunks > 1 else ""
+        sep = int(chunk_size * train_ratio)
+        sep_test = int(chunk_size * test_ratio)
+        if train_ratio == 1.0:
+            emit(tag, "all", ".lst", chunk)
+        else:
+            if test_ratio:
+                emit(tag, "test", "_test.lst", chunk[:sep_test])
+            if train_ratio + test_ratio < 1.0:
+                emit(tag, "val", "_val.lst", chunk[sep_test + sep :])
+            emit(tag, "train", "_train.lst", chunk[sep_test : sep_test + sep])
+
+    logger.info(
+        "listed %d images in %d classes under %s into %d file(s)",
+        n,
+        len(classes),
+        root_s,
+        len(files),
+    )
+    return ListResult(files=files, classes=classes, counts=counts, num_images=n)
