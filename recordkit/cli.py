@@ -57,6 +57,7 @@ def main(verbose: int) -> None:
 
     \b
     recordkit list mydata img_data --recursive --train-ratio 0.95
+    recordkit pack mydata img_data --resize 480 --quality 95 --threads 16
     recordkit verify shards/
     recordkit inspect shards/ --json
     """
@@ -248,6 +249,184 @@ def index(files: tuple[Path, ...], output: Path | None, no_crc: bool) -> None:
             raise RecordkitError(f"refusing to overwrite the data file {f} with its index")
         write_index(entries, dest)
         click.echo(f"{dest}: {len(entries)} records")
+
+
+# --- pack ------------------------------------------------------------------------------------
+def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected K/N such as 0/4, got {value!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise click.BadParameter(f"expected 0 <= K < N, got {value!r}")
+    return (k, n)
+
+
+def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from recordkit.pack import PackError
+    from recordkit.pack.options import parse_size
+
+    try:
+        return parse_size(value)
+    except PackError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("pack", context_settings=CONTEXT_SETTINGS)
+@click.argument("args", nargs=-1, metavar="PREFIX ROOT")
+@click.option(
+    "--list", "lists", multiple=True, type=click.Path(path_type=Path),
+    help="Pack this .lst file (repeatable) instead of finding PREFIX*.lst; then give only ROOT.",
+)
+@click.option(
+    "--split", default="train", show_default=True,
+    help="Split name of PREFIX.lst, PREFIX_N.lst and --list files without _train/_val/_test.",
+)
+@click.option(
+    "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
+    show_default=True, help="Shard directory; other splits already in it are kept.",
+)
+@click.option(
+    "--resize", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Resize the shorter edge to N pixels (0: keep the size). Never enlarges unless --upscale "
+    "(im2rec does).",
+)
+@click.option("--upscale", is_flag=True, help="Also enlarge images smaller than --resize.")
+@click.option("--center-crop", is_flag=True, help="Crop the centre square (as im2rec).")
+@click.option(
+    "--quality", type=click.IntRange(0, 100), default=95, show_default=True,
+    help="JPEG quality 1-100; with --encoding .png the zlib level (above 9 means 9, as im2rec).",
+)
+@click.option(
+    "--encoding", type=click.Choice([".jpg", ".png"]), default=".jpg", show_default=True,
+    help="Encoding of the stored images.",
+)
+@click.option(
+    "--color", type=click.Choice(["1", "0", "-1"]), default="1", show_default=True,
+    help="1: RGB, 0: grayscale, -1: grayscale sources stay gray, others RGB (im2rec's cv2 "
+    "flag). Unlike im2rec: EXIF orientation is applied and CMYK, palette, 16-bit and alpha "
+    "images become clean 8-bit RGB (or gray; alpha on white).",
+)
+@click.option(
+    "--pass-through", is_flag=True,
+    help="Store JPEG/PNG source bytes unchanged (no resize; still fully decoded to check "
+    "them), as im2rec.",
+)
+@click.option(
+    "--pack-label", is_flag=True,
+    help="Store every label of a multi-label .lst line (default: the first only, as im2rec).",
+)
+@click.option(
+    "--threads", "--num-thread", "threads", type=click.IntRange(min=1), default=None,
+    help="Worker threads (im2rec: --num-thread). [default: the CPUs this process may use]",
+)
+@click.option(
+    "--shard-size", type=click.IntRange(min=1), default=None,
+    help="Records per shard (overrides --shard-bytes).",
+)
+@click.option(
+    "--shard-bytes", default="128MiB", show_default=True, callback=_parse_bytes,
+    help="Target shard size, estimated from the source files and --resize before writing.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the split if OUT already holds it.")
+@click.option(
+    "--resume", is_flag=True,
+    help="Finish an interrupted pack with the same lists and options, keeping finished shards.",
+)
+@click.option(
+    "--part", callback=_parse_part, default=None, metavar="K/N",
+    help="Pack only shards i with i % N == K (machine K of N); then run once with --merge.",
+)
+@click.option("--merge", is_flag=True, help="Write the manifest once all --part runs finished.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad image (default: skip it).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no list of skipped inputs.")
+@user_errors
+def pack_cmd(
+    args: tuple[str, ...],
+    lists: tuple[Path, ...],
+    split: str,
+    out: Path,
+    resize: int,
+    upscale: bool,
+    center_crop: bool,
+    quality: int,
+    encoding: str,
+    color: str,
+    pass_through: bool,
+    pack_label: bool,
+    threads: int | None,
+    shard_size: int | None,
+    shard_bytes: int,
+    overwrite: bool,
+    resume: bool,
+    part: tuple[int, int] | None,
+    merge: bool,
+    strict: bool,
+    quiet: bool,
+) -> None:
+    """Pack the images of PREFIX*.lst (im2rec lists) under ROOT into TFRecord shards.
+
+    Finds PREFIX.lst, PREFIX_train.lst, PREFIX_val.lst, PREFIX_test.lst (chunks PREFIX_N*.lst
+    are joined in chunk order) and writes OUT/{split}-{i:05d}-of-{n:05d}.tfrecord + .idx and,
+    last, OUT/recordkit.json. Images are processed on --threads threads; the bytes do not
+    depend on the thread count. Unreadable or undecodable images are skipped and listed (in
+    the manifest too) unless --strict. See docs/PACK.md.
+
+    \b
+    recordkit pack mydata img_data --resize 480 --quality 95 --threads 16
+    recordkit pack val/mydata val_img --out shards/       (adds a split)
+    recordkit pack mydata img_data --resume               (after an interruption)
+    """
+    from recordkit.imaging import ImageOptions
+    from recordkit.pack import PackOptions, default_threads, pack
+
+    if lists and len(args) == 1:
+        prefix, root = None, args[0]
+    elif not lists and len(args) == 2:
+        prefix, root = args
+    else:
+        want = "ROOT (with --list)" if lists else "PREFIX ROOT"
+        raise click.UsageError(f"expected {want}, got {len(args)} argument(s)")
+    try:
+        image = ImageOptions(
+            resize=resize, center_crop=center_crop, quality=quality, encoding=encoding,
+            color=int(color), upscale=upscale, pass_through=pass_through,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = PackOptions(
+        out=out,
+        image=image,
+        split=split,
+        lists=lists,
+        pack_label=pack_label,
+        threads=threads or default_threads(),
+        shard_size=shard_size,
+        shard_bytes=shard_bytes,
+        overwrite=overwrite,
+        resume=resume,
+        part=part or (0, 1),
+        merge=merge,
+        strict=strict,
+    )
+    with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        result = pack(prefix, root, options, progress=progress)
+    if not quiet:
+        for s in result.skipped[:20]:
+            click.echo(f"skipped {s['split']} {s['path']}: {s['reason']}", err=True)
+        if len(result.skipped) > 20:
+            click.echo(f"... and {len(result.skipped) - 20} more (see the manifest)", err=True)
+    if result.manifest is None:
+        click.echo(f"part {options.part[0]}/{options.part[1]} done; run with --merge when all are")
+    click.echo(result.summary())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -139,6 +139,8 @@ class Split(Sequence[Record]):
 
     @staticmethod
     def _iter_shard(reader: ShardReader, lo: int, hi: int) -> Iterator[tuple[Path, int, bytes]]:
+        if lo >= hi:
+            return
         entries = reader.entries
         if hi > len(entries):
             raise CorruptRecordError(

@@ -33,10 +33,10 @@ def assert_one_line_error(result, *needles: str) -> None:
 
 
 @pytest.fixture
-def shards(tmp_path, make_shards, records):
+def shards(tmp_path, make_shards, make_records):
     return make_shards(
         tmp_path / "shards",
-        {"train": records(10), "val": records(5, start=10)},
+        {"train": make_records(10), "val": make_records(5, start=10)},
         records_per_shard=4,
         classes=["cat", "dog", "fox"],
     )

@@ -1,4 +1,4 @@
-"""Regenerate recordkit/format/example_pb2.py from proto/example.proto.
+"""Regenerate recordkit/format/example_pb2.py from proto/recordkit/format/example.proto.
 
 Usage: python tools/gen_proto.py [--check]
 
@@ -16,8 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
-PROTO = "example.proto"
-OUT_DIR = ROOT / "recordkit" / "format"
+# The path below proto/ is the name the file registers under in protobuf's descriptor pool; it
+# must be unique per process (the `tfrecord` package registers a bare "example.proto").
+PROTO = "recordkit/format/example.proto"
+OUT_ROOT = ROOT  # protoc mirrors PROTO's directories: ROOT/recordkit/format/example_pb2.py
 
 
 def _protoc(*args: str) -> None:
@@ -31,7 +33,11 @@ def _protoc(*args: str) -> None:
 
 
 def compiled_descriptor() -> bytes:
-    """Return the serialized FileDescriptorProto that protoc makes of proto/example.proto."""
+    """Return the FileDescriptorProto that protoc makes of the .proto, serialized.
+
+    ``json_name`` is cleared: protoc's descriptor sets fill it in, while the descriptor embedded
+    in generated Python code does not carry it.
+    """
     from google.protobuf import descriptor_pb2
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +45,16 @@ def compiled_descriptor() -> bytes:
         _protoc(f"--descriptor_set_out={out}")
         fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     (fd,) = fds.file
+    for msg in _all_messages(fd.message_type):
+        for fld in msg.field:
+            fld.ClearField("json_name")
     return fd.SerializeToString(deterministic=True)
+
+
+def _all_messages(messages):  # noqa: ANN001, ANN202 - descriptor_pb2 containers
+    for m in messages:
+        yield m
+        yield from _all_messages(m.nested_type)
 
 
 def generated_descriptor() -> bytes:
@@ -60,10 +75,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.check:
         same = compiled_descriptor() == generated_descriptor()
-        print("example_pb2.py matches proto/example.proto" if same else "example_pb2.py DRIFTED")
+        print(f"example_pb2.py matches proto/{PROTO}" if same else "example_pb2.py DRIFTED")
         return 0 if same else 1
-    _protoc(f"--python_out={OUT_DIR}")
-    print(f"wrote {OUT_DIR / 'example_pb2.py'}")
+    _protoc(f"--python_out={OUT_ROOT}")
+    print(f"wrote {OUT_ROOT / PROTO.replace('.proto', '_pb2.py')}")
     return 0
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from recordkit.errors import IndexMismatchError
 from recordkit.format import framing
 
-__all__ = ["index_path_for", "read_index", "format_index", "build_index", "write_index"]
+__all__ = [
+    "index_path_for",
+    "parse_index",
+    "compare_index",
+    "read_index",
+    "format_index",
+    "build_index",
+    "write_index",
+]
 
 
 def index_path_for(path: str | os.PathLike[str]) -> Path:
@@ -22,56 +30,106 @@ def index_path_for(path: str | os.PathLike[str]) -> Path:
     return p.with_suffix(".idx") if p.suffix else p.with_name(p.name + ".idx")
 
 
-def read_index(
-    path: str | os.PathLike[str], *, data_size: int | None = None
-) -> list[tuple[int, int]]:
-    """Read an index file.
-
-    Args:
-        path: The ``.idx`` file.
-        data_size: Size of the TFRecord file it indexes; when given, every entry is checked to
-            lie inside the file and entries are checked to be contiguous and increasing.
-
-    Returns:
-        ``[(offset, framed_size), ...]`` in file order.
-
-    Raises:
-        IndexMismatchError: A line is malformed or an entry does not fit the data file.
-    """
-    path = os.fspath(path)
-    entries: list[tuple[int, int]] = []
+def parse_index(path: str | os.PathLike[str]) -> list[tuple[int, int] | None]:
+    """Parse an index file leniently: one entry per non-blank line, ``None`` where malformed."""
+    out: list[tuple[int, int] | None] = []
     with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
+        for line in f:
             parts = line.split()
             if not parts:
                 continue
             try:
                 if len(parts) != 2:
                     raise ValueError
-                offset, size = int(parts[0]), int(parts[1])
+                out.append((int(parts[0]), int(parts[1])))
             except ValueError:
-                raise IndexMismatchError(
-                    path, 0, f"line {lineno}: expected '<offset> <size>', got {line[:60]!r}"
-                ) from None
-            entries.append((offset, size))
-    if data_size is not None:
-        expected = 0
-        for i, (offset, size) in enumerate(entries):
-            if offset != expected or size < framing.OVERHEAD:
-                raise IndexMismatchError(
-                    path,
-                    offset,
-                    f"entry {i} ({offset} {size}) does not follow the previous record "
-                    f"(expected offset {expected}, size >= {framing.OVERHEAD})",
-                )
-            expected = offset + size
-        if expected != data_size:
-            raise IndexMismatchError(
-                path,
-                expected,
-                f"index covers {expected} bytes but the data file has {data_size}",
+                out.append(None)
+    return out
+
+
+def compare_index(
+    lines: list[tuple[int, int] | None], records: list[tuple[int, int]], data_size: int
+) -> tuple[int, str] | None:
+    """Find the first place where an index disagrees with the records actually in the file.
+
+    Args:
+        lines: Parsed index lines (``None`` for a malformed line), see :func:`parse_index`.
+        records: ``(offset, framed_size)`` of every record, from a scan of the data file.
+        data_size: Size of the data file.
+
+    Returns:
+        ``None`` when they agree, else ``(offset, message)``: the offset of the record whose
+        line is wrong or missing (the end of the file for surplus lines) and what is wrong.
+    """
+    for k, rec in enumerate(records):
+        if k >= len(lines):
+            return rec[0], (
+                f"index has {len(lines)} lines, file has {len(records)} records "
+                f"(record {k} at offset {rec[0]} has no line)"
             )
-    return entries
+        line = lines[k]
+        if line is None:
+            return rec[0], f"line {k + 1} is malformed (expected '<offset> <size>')"
+        if line != rec:
+            return rec[0], (
+                f"line {k + 1} says '{line[0]} {line[1]}', the record there is '{rec[0]} {rec[1]}'"
+            )
+    if len(lines) > len(records):
+        return data_size, (
+            f"index has {len(lines)} lines, file has {len(records)} records "
+            f"(line {len(records) + 1} points past the last record)"
+        )
+    return None
+
+
+def _consistent(entries: list[tuple[int, int] | None], data_size: int) -> bool:
+    expected = 0
+    for e in entries:
+        if e is None or e[0] != expected or e[1] < framing.OVERHEAD:
+            return False
+        expected = e[0] + e[1]
+    return expected == data_size
+
+
+def read_index(
+    path: str | os.PathLike[str],
+    *,
+    data_size: int | None = None,
+    data_path: str | os.PathLike[str] | None = None,
+) -> list[tuple[int, int]]:
+    """Read an index file.
+
+    Args:
+        path: The ``.idx`` file.
+        data_size: Size of the TFRecord file it indexes; when given, entries must be
+            contiguous, start at 0 and end exactly at ``data_size``.
+        data_path: The TFRecord file. When given and the index is inconsistent, the file is
+            scanned to name the first record whose line is wrong (else the error points at the
+            index line).
+
+    Returns:
+        ``[(offset, framed_size), ...]`` in file order.
+
+    Raises:
+        IndexMismatchError: A line is malformed or the entries do not fit the data file.
+        CorruptRecordError: The data file itself is damaged (found while diagnosing).
+    """
+    lines = parse_index(path)
+    if data_size is None:
+        if None in lines:
+            k = lines.index(None)
+            raise IndexMismatchError(path, 0, f"line {k + 1} is malformed")
+        return lines  # type: ignore[return-value]
+    if _consistent(lines, data_size):
+        return lines  # type: ignore[return-value]
+    if data_path is not None:
+        records = build_index(data_path)  # raises CorruptRecordError for a damaged data file
+        found = compare_index(lines, records, data_size)
+        if found is not None:
+            raise IndexMismatchError(path, found[0], found[1])
+    raise IndexMismatchError(
+        path, 0, f"index does not describe a {data_size}-byte file of contiguous records"
+    )
 
 
 def format_index(entries: list[tuple[int, int]]) -> str:

@@ -203,16 +203,14 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
             JSON, or a newer format version.
     """
     path = Path(directory)
+    if not path.exists():
+        raise ManifestError(f"no such directory: {directory}")
     if path.is_dir():
         path = path / MANIFEST_NAME
-    elif not path.exists() and not path.parent.exists():
-        raise ManifestError(f"no such directory: {directory}")
-    if not path.is_file():
-        if not path.parent.exists():
-            raise ManifestError(f"no such directory: {path.parent}")
-        raise ManifestError(
-            f"{path.parent}: no {MANIFEST_NAME} (not a recordkit dataset, or an unfinished pack)"
-        )
+        if not path.is_file():
+            raise ManifestError(
+                f"{directory}: no {MANIFEST_NAME} (not a recordkit dataset, or an unfinished pack)"
+            )
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

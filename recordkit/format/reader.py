@@ -88,7 +88,9 @@ class ShardReader:
         """``[(offset, framed_size), ...]`` of every record, from the index (or a scan)."""
         if self._entries is None:
             if self.index_path.exists():
-                self._entries = read_index(self.index_path, data_size=self.file_size)
+                self._entries = read_index(
+                    self.index_path, data_size=self.file_size, data_path=self.path
+                )
             else:
                 self._entries = build_index(self.path, verify_crc=self.verify_crc)
         return self._entries

@@ -1,0 +1,122 @@
+"""Shared fixtures: tiny generated records and shard directories whose bytes encode indices.
+
+Every record made here carries its index in its image bytes (``b"img17" * k``), filename and
+``index`` field, so tests compare exact values rather than "something came back".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from recordkit import Manifest, Record, ShardEntry, ShardWriter, SplitEntry, write_manifest
+
+
+def image_bytes(i: int, repeat: int | None = None) -> bytes:
+    """Fake "encoded image" bytes that name record ``i``; the length varies with ``i``."""
+    return f"img{i}".encode() * (repeat if repeat is not None else 1 + i % 7)
+
+
+def make_record(i: int, num_classes: int = 3, **overrides: object) -> Record:
+    """A record whose image bytes, label, filename and index all derive from ``i``."""
+    fields: dict[str, object] = {
+        "image": image_bytes(i),
+        "labels": i % num_classes,
+        "filename": f"class{i % num_classes}/{i:05d}.jpg",
+        "index": i,
+        "height": 10 + i % 5,
+        "width": 20 + i % 3,
+    }
+    fields.update(overrides)
+    return Record(**fields)  # type: ignore[arg-type]
+
+
+def read_idx(path: Path) -> list[tuple[int, int]]:
+    """Parse a ``.idx`` file independently of recordkit: ``[(offset, framed size), ...]``."""
+    out = []
+    for line in Path(path).read_text(encoding="ascii").splitlines():
+        off, size = line.split(" ")
+        out.append((int(off), int(size)))
+    return out
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def write_shards(
+    root: Path,
+    splits: Mapping[str, Sequence[Record]],
+    records_per_shard: int = 4,
+    classes: Sequence[str] | None = None,
+    shard_sizes: Mapping[str, Sequence[int]] | None = None,
+) -> Path:
+    """Write ``splits`` as ``{split}-{i:05d}-of-{n:05d}.tfrecord`` + ``.idx`` and a manifest.
+
+    Args:
+        root: Directory to write into (created if missing).
+        splits: Split name → its records, in order.
+        records_per_shard: Records per shard (the last shard of a split may hold fewer).
+        classes: Class names for the manifest (default ``class0..class2``).
+        shard_sizes: Per split, explicit shard sizes (may include 0) overriding
+            ``records_per_shard``; they must add up to the split's record count.
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, SplitEntry] = {}
+    for split, records in splits.items():
+        if shard_sizes is not None and split in shard_sizes:
+            sizes = list(shard_sizes[split])
+            assert sum(sizes) == len(records), (split, sizes, len(records))
+        else:
+            sizes = [
+                min(records_per_shard, len(records) - s)
+                for s in range(0, len(records), records_per_shard)
+            ] or [0]
+        shards = []
+        start = 0
+        for i, size in enumerate(sizes):
+            path = root / shard_name(split, i, len(sizes))
+            with ShardWriter(path, fsync=False) as w:
+                for rec in records[start : start + size]:
+                    w.write(rec)
+            info = w.info
+            assert info is not None and info.records == size
+            shards.append(
+                ShardEntry(
+                    file=path.name,
+                    index=info.index_path.name,
+                    records=info.records,
+                    bytes=info.bytes,
+                    sha256=info.sha256,
+                )
+            )
+            start += size
+        entries[split] = SplitEntry(tuple(shards))
+    manifest = Manifest(
+        classes=list(classes) if classes is not None else ["class0", "class1", "class2"],
+        splits=entries,
+    )
+    write_manifest(manifest, root)
+    return root
+
+
+@pytest.fixture
+def make_shards() -> Callable[..., Path]:
+    """``make_shards(tmp_path, splits={"train": [...]}, records_per_shard=k, classes=[...])``."""
+    return write_shards
+
+
+@pytest.fixture
+def make_records() -> Callable[..., list[Record]]:
+    """``make_records(n, start=0)`` → ``[make_record(start), ..., make_record(start + n - 1)]``."""
+
+    def _records(n: int, start: int = 0, num_classes: int = 3) -> list[Record]:
+        return [make_record(i, num_classes) for i in range(start, start + n)]
+
+    return _records
