@@ -277,66 +277,102 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @main.command("pack", context_settings=CONTEXT_SETTINGS)
 @click.argument("args", nargs=-1, metavar="PREFIX ROOT")
 @click.option(
-    "--list", "lists", multiple=True, type=click.Path(path_type=Path),
+    "--list",
+    "lists",
+    multiple=True,
+    type=click.Path(path_type=Path),
     help="Pack this .lst file (repeatable) instead of finding PREFIX*.lst; then give only ROOT.",
 )
 @click.option(
-    "--split", default="train", show_default=True,
+    "--split",
+    default="train",
+    show_default=True,
     help="Split name of PREFIX.lst, PREFIX_N.lst and --list files without _train/_val/_test.",
 )
 @click.option(
-    "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
-    show_default=True, help="Shard directory; other splits already in it are kept.",
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("shards"),
+    show_default=True,
+    help="Shard directory; other splits already in it are kept.",
 )
 @click.option(
-    "--resize", type=click.IntRange(min=0), default=0, show_default=True,
+    "--resize",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
     help="Resize the shorter edge to N pixels (0: keep the size). Never enlarges unless --upscale "
     "(im2rec does).",
 )
 @click.option("--upscale", is_flag=True, help="Also enlarge images smaller than --resize.")
 @click.option("--center-crop", is_flag=True, help="Crop the centre square (as im2rec).")
 @click.option(
-    "--quality", type=click.IntRange(0, 100), default=95, show_default=True,
+    "--quality",
+    type=click.IntRange(0, 100),
+    default=95,
+    show_default=True,
     help="JPEG quality 1-100; with --encoding .png the zlib level (above 9 means 9, as im2rec).",
 )
 @click.option(
-    "--encoding", type=click.Choice([".jpg", ".png"]), default=".jpg", show_default=True,
+    "--encoding",
+    type=click.Choice([".jpg", ".png"]),
+    default=".jpg",
+    show_default=True,
     help="Encoding of the stored images.",
 )
 @click.option(
-    "--color", type=click.Choice(["1", "0", "-1"]), default="1", show_default=True,
+    "--color",
+    type=click.Choice(["1", "0", "-1"]),
+    default="1",
+    show_default=True,
     help="1: RGB, 0: grayscale, -1: grayscale sources stay gray, others RGB (im2rec's cv2 "
     "flag). Unlike im2rec: EXIF orientation is applied and CMYK, palette, 16-bit and alpha "
     "images become clean 8-bit RGB (or gray; alpha on white).",
 )
 @click.option(
-    "--pass-through", is_flag=True,
+    "--pass-through",
+    is_flag=True,
     help="Store JPEG/PNG source bytes unchanged (no resize; still fully decoded to check "
     "them), as im2rec.",
 )
 @click.option(
-    "--pack-label", is_flag=True,
+    "--pack-label",
+    is_flag=True,
     help="Store every label of a multi-label .lst line (default: the first only, as im2rec).",
 )
 @click.option(
-    "--threads", "--num-thread", "threads", type=click.IntRange(min=1), default=None,
+    "--threads",
+    "--num-thread",
+    "threads",
+    type=click.IntRange(min=1),
+    default=None,
     help="Worker threads (im2rec: --num-thread). [default: the CPUs this process may use]",
 )
 @click.option(
-    "--shard-size", type=click.IntRange(min=1), default=None,
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
     help="Records per shard (overrides --shard-bytes).",
 )
 @click.option(
-    "--shard-bytes", default="128MiB", show_default=True, callback=_parse_bytes,
+    "--shard-bytes",
+    default="128MiB",
+    show_default=True,
+    callback=_parse_bytes,
     help="Target shard size, estimated from the source files and --resize before writing.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the split if OUT already holds it.")
 @click.option(
-    "--resume", is_flag=True,
+    "--resume",
+    is_flag=True,
     help="Finish an interrupted pack with the same lists and options, keeping finished shards.",
 )
 @click.option(
-    "--part", callback=_parse_part, default=None, metavar="K/N",
+    "--part",
+    callback=_parse_part,
+    default=None,
+    metavar="K/N",
     help="Pack only shards i with i % N == K (machine K of N); then run once with --merge.",
 )
 @click.option("--merge", is_flag=True, help="Write the manifest once all --part runs finished.")
@@ -391,8 +427,13 @@ def pack_cmd(
         raise click.UsageError(f"expected {want}, got {len(args)} argument(s)")
     try:
         image = ImageOptions(
-            resize=resize, center_crop=center_crop, quality=quality, encoding=encoding,
-            color=int(color), upscale=upscale, pass_through=pass_through,
+            resize=resize,
+            center_crop=center_crop,
+            quality=quality,
+            encoding=encoding,
+            color=int(color),
+            upscale=upscale,
+            pass_through=pass_through,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -427,6 +468,152 @@ def pack_cmd(
     if result.manifest is None:
         click.echo(f"part {options.part[0]}/{options.part[1]} done; run with --merge when all are")
     click.echo(result.summary())
+
+
+# --- bench -----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="train", show_default=True, help="Split to read.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dali", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Loader backend.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batches", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Untimed batches first (start-up excluded).",
+)
+@click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="torch workers / DALI threads [default: usable CPUs].",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
+@click.option(
+    "--augment/--no-augment",
+    "train",
+    default=None,
+    help="Training augmentation [default: on for the train split].",
+)
+@click.option("--gpu-decode", is_flag=True, help="torch backend: decode JPEGs on the device.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def bench(
+    path: Path,
+    split: str,
+    backend: str,
+    batch_size: int,
+    batches: int,
+    warmup: int,
+    image_size: int,
+    workers: int | None,
+    device: str,
+    train: bool | None,
+    gpu_decode: bool,
+    as_json: bool,
+) -> None:
+    """Measure loader throughput (images/s) over PATH, warm-up excluded (like --test-io).
+
+    Batches come from recordkit.make_loader exactly as training gets them (decode, augment,
+    normalize); epochs are re-entered when the split is shorter than the run.
+    """
+    from recordkit.loaders import make_loader
+    from recordkit.loaders.bench import measure_throughput
+
+    try:
+        loader = make_loader(
+            path,
+            split,
+            batch_size,
+            image_size,
+            backend=backend,
+            device=device,
+            train=train,
+            num_workers=workers,
+            rank=0,
+            world_size=1,
+            gpu_decode=gpu_decode,
+        )
+        result = measure_throughput(loader, batches=batches, warmup=warmup)
+    except (KeyError, ValueError, ImportError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    result.update(
+        backend=getattr(loader, "backend", backend),
+        split=split,
+        batch_size=batch_size,
+        image_size=image_size,
+        device=device,
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"{result['images_per_sec']:.1f} images/s ({result['backend']}, {split}, "
+            f"batch {batch_size}, {result['images']} images in {result['seconds']:.2f} s)"
+        )
+
+
+# --- show ------------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="train", show_default=True, help="Split to show.")
+@click.option("--augment", is_flag=True, help="Apply training augmentation (crop + flip).")
+@click.option("-n", "count", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--cols", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=160, show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dali", "torch"]),
+    default="torch",
+    show_default=True,
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Augmentation seed.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="PNG file to write.",
+)
+@user_errors
+def show(
+    path: Path,
+    split: str,
+    augment: bool,
+    count: int,
+    cols: int,
+    image_size: int,
+    backend: str,
+    seed: int,
+    output: Path,
+) -> None:
+    """Write a contact sheet of PATH's first N samples with their class names, as a PNG."""
+    from recordkit.loaders.preview import contact_sheet
+
+    try:
+        sheet = contact_sheet(
+            path,
+            split,
+            n=count,
+            cols=cols,
+            augment=augment,
+            image_size=image_size,
+            backend=backend,
+            seed=seed,
+        )
+    except (KeyError, ValueError, ImportError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    sheet.save(output, format="PNG")
+    click.echo(f"wrote {output} ({sheet.width}x{sheet.height})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,417 @@
+"""The packer: plan shards, run read → process_image on a thread pool, write in order."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recordkit.format.example import Record
+from recordkit.format.manifest import MANIFEST_NAME, ShardEntry, write_manifest
+from recordkit.format.writer import ShardWriter
+from recordkit.imaging import EncodedImage, ImageError, ImageOptions, process_image
+from recordkit.pack.lists import entry_labels, find_lists, load_splits, resolve_classes
+from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
+from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
+from recordkit.pack.state import (
+    DoneShard,
+    StateFile,
+    check_classes,
+    finished_shards,
+    read_existing_manifest,
+    split_files,
+    state_files,
+    state_name,
+    write_final_manifest,
+)
+
+__all__ = ["pack", "Progress"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: inputs processed so far by this run, and how many it will process."""
+
+_Outcome = tuple[EncodedImage | None, str | None, int]
+
+
+def _read_and_process(path: str, image: ImageOptions) -> _Outcome:
+    """Worker: ``(encoded, None, source bytes)`` or ``(None, reason, source bytes)``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "file not found", 0
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}", 0
+    if not data:
+        return None, "empty file (0 bytes)", 0
+    try:
+        return process_image(data, image), None, len(data)
+    except ImageError as exc:
+        return None, " ".join(str(exc).split()) or type(exc).__name__, len(data)
+
+
+def _ordered(
+    pool: ThreadPoolExecutor, paths: Iterable[str], image: ImageOptions, window: int
+) -> Iterator[_Outcome]:
+    """Results of ``_read_and_process`` in input order, with at most ``window`` in flight."""
+    it = iter(paths)
+    pending: deque[Future[_Outcome]] = deque()
+    for path in it:
+        pending.append(pool.submit(_read_and_process, path, image))
+        if len(pending) >= window:
+            break
+    while pending:
+        fut = pending.popleft()
+        result = fut.result()  # a worker's exception surfaces here, with its traceback
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(_read_and_process, nxt, image))
+        yield result
+
+
+@dataclass
+class _Task:
+    plan: SplitPlan
+    shard: ShardPlan
+    state: StateFile
+
+
+@dataclass
+class _Stats:
+    images: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _drop_split_from_manifest(out: Path, name: str) -> None:
+    """Remove a split being overwritten from the manifest, so no finished dataset lists it."""
+    existing = read_existing_manifest(out)
+    if existing is None or name not in existing.splits:
+        return
+    del existing.splits[name]
+    existing.skipped = [s for s in existing.skipped if s.get("split") != name]
+    (existing.pack.get("splits") or {}).pop(name, None)
+    if existing.splits:
+        write_manifest(existing, out)
+    else:
+        (out / MANIFEST_NAME).unlink()
+
+
+def _owned(plan: SplitPlan, part: tuple[int, int]) -> list[ShardPlan]:
+    k, n = part
+    return [s for s in plan.shards if s.number % n == k]
+
+
+def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneShard] | None:
+    """Clear or check what ``out`` holds of this split; return the shards to keep.
+
+    Returns ``None`` when the split is already packed with the same fingerprint (``resume``).
+    """
+    existing = read_existing_manifest(out)
+    packed = existing is not None and plan.name in existing.splits
+    owned = _owned(plan, opts.part)
+    single = opts.part[1] == 1
+    own_state = out / state_name(plan.name, opts.part)
+    if single:
+        leftovers = split_files(out, plan.name) + state_files(out, plan.name)
+    else:
+        names = {s.file for s in owned} | {Path(s.file).with_suffix(".idx").name for s in owned}
+        leftovers = [p for p in split_files(out, plan.name) if p.name.split(".tmp")[0] in names]
+        leftovers += [own_state] if own_state.exists() else []
+    # A state file being rewritten when the process was killed leaves its temporary copy.
+    _remove(out.glob(f"{glob.escape(own_state.name)}.*.tmp"))
+    if opts.overwrite:
+        _drop_split_from_manifest(out, plan.name)
+        _remove(leftovers)
+        return {}
+    if opts.resume:
+        if packed:
+            assert existing is not None
+            old = (existing.pack.get("splits") or {}).get(plan.name) or {}
+            if old.get("fingerprint") == plan.fingerprint:
+                return None
+            raise PackError(
+                f"split {plan.name!r} in {out} was packed from other lists or options; "
+                "use --overwrite to replace it"
+            )
+        return finished_shards(out, plan)
+    if packed:
+        raise PackError(
+            f"split {plan.name!r} is already packed in {out}; use --overwrite to replace it"
+        )
+    if leftovers:
+        raise PackError(
+            f"{out} holds an unfinished pack of split {plan.name!r} ({leftovers[0].name}); "
+            "use --resume to finish it or --overwrite to start over"
+        )
+    return {}
+
+
+def _write_shards(
+    tasks: list[_Task],
+    root: str,
+    classes: list[str],
+    opts: PackOptions,
+    progress: Progress | None,
+    stats: _Stats,
+) -> None:
+    total = sum(t.shard.stop - t.shard.start for t in tasks)
+    paths = (
+        os.path.join(root, t.plan.entries[j].path)
+        for t in tasks
+        for j in range(t.shard.start, t.shard.stop)
+    )
+    pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="recordkit-pack")
+    try:
+        stream = _ordered(pool, paths, opts.image, opts.in_flight)
+        for task in tasks:
+            plan, shard = task.plan, task.shard
+            skipped: list[tuple[str, str]] = []
+            with ShardWriter(opts.out / shard.file, fsync=opts.fsync) as writer:
+                for j in range(shard.start, shard.stop):
+                    enc, reason, nbytes = next(stream)
+                    entry = plan.entries[j]
+                    stats.images += 1
+                    stats.bytes_in += nbytes
+                    if enc is None:
+                        assert reason is not None
+                        if opts.strict:
+                            where = os.path.join(root, entry.path)
+                            raise PackError(f"{where}: {reason} (--strict)")
+                        logger.info("skipping %s: %s", entry.path, reason)
+                        skipped.append((entry.path.replace(os.sep, "/"), reason))
+                    else:
+                        labels = plan.labels[j]
+                        writer.write(
+                            Record(
+                                image=enc.data,
+                                labels=labels,
+                                filename=entry.path.replace(os.sep, "/"),
+                                index=entry.index,
+                                format=enc.format,
+                                height=enc.height,
+                                width=enc.width,
+                                channels=enc.channels,
+                                text=classes[labels[0]],
+                            )
+                        )
+                    if progress is not None:
+                        progress(stats.images, total)
+            info = writer.info
+            assert info is not None
+            stats.bytes_out += info.bytes
+            done = ShardEntry(
+                file=info.path.name,
+                index=info.index_path.name,
+                records=info.records,
+                bytes=info.bytes,
+                sha256=info.sha256,
+            )
+            task.state.add(shard.number, DoneShard(done, tuple(skipped)))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pack(
+    prefix: str | os.PathLike[str] | None,
+    root: str | os.PathLike[str],
+    options: PackOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> PackResult:
+    """Pack the images of im2rec ``.lst`` files into TFRecord shards and a manifest.
+
+    Finds ``PREFIX.lst`` / ``PREFIX_{train,val,test}.lst`` (and chunk files
+    ``PREFIX_{k}[_split].lst``, concatenated in chunk order), or takes ``options.lists``;
+    cuts each split into contiguous shards planned before writing; processes images on
+    ``options.threads`` threads with a bounded window and writes them in list order, so the
+    bytes do not depend on the thread count. Bad inputs are skipped and recorded (fatal with
+    ``options.strict``). The manifest ``recordkit.json`` is written last; a directory that
+    already holds other splits gets the new ones added under the same class map.
+
+    Args:
+        prefix: The list prefix (``None`` when ``options.lists`` names the lists).
+        root: The image folder the lists' paths are relative to.
+        options: See :class:`PackOptions`.
+        progress: ``progress(done, total)`` after each input (for a progress bar).
+
+    Returns:
+        A :class:`PackResult` (``manifest`` is ``None`` after a ``part`` run).
+
+    Raises:
+        PackError: Missing or malformed lists, a split already packed (without ``overwrite``
+            or ``resume``), a conflicting class map, missing parts at ``merge``, or a bad
+            input with ``strict``.
+        RecordkitError: Other library errors (e.g. an unreadable manifest in ``out``).
+    """
+    opts = options or PackOptions()
+    t0 = time.perf_counter()
+    root_s = os.fspath(root)
+    if not os.path.isdir(root_s):
+        raise PackError(f"ROOT is not a directory: {root_s}")
+    files = find_lists(prefix, opts.lists, opts.split)
+    splits = load_splits(files)
+    classes, from_dirs = resolve_classes(splits, opts.pack_label)
+    out = opts.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
+    existing = read_existing_manifest(out)
+    replaced_all = (
+        existing is not None and opts.overwrite and set(existing.splits) <= {s.name for s in splits}
+    )
+    if existing is not None and not replaced_all:
+        classes = check_classes(existing, classes, from_dirs, out)
+    plans = []
+    for s in splits:
+        source = ", ".join(str(p) for p in s.files)
+        labels = [entry_labels(e, opts.pack_label, source) for e in s.entries]
+        plans.append(plan_split(s.name, s.entries, labels, root_s, classes, opts))
+    extras = {
+        p.name: {"lists": [f.name for f in s.files]} for p, s in zip(plans, splits, strict=True)
+    }
+
+    if opts.merge:
+        return _merge(out, plans, classes, from_dirs, extras, t0)
+
+    tasks: list[_Task] = []
+    dones: dict[str, dict[int, DoneShard]] = {}
+    for plan in plans:
+        done = _prepare(out, plan, opts)
+        if done is None:
+            logger.info("split %s is already packed in %s", plan.name, out)
+            continue
+        state = StateFile(out / state_name(plan.name, opts.part), plan, opts.part, opts.fsync)
+        state.done = {k: v for k, v in done.items() if k % opts.part[1] == opts.part[0]}
+        dones[plan.name] = done
+        for shard in _owned(plan, opts.part):
+            if shard.number not in done:
+                tasks.append(_Task(plan, shard, state))
+            else:
+                logger.info("keeping finished shard %s", shard.file)
+        for shard in _owned(plan, opts.part):
+            _remove(
+                p
+                for p in (
+                    out / (shard.file + ".tmp"),
+                    out / (Path(shard.file).with_suffix(".idx").name + ".tmp"),
+                )
+            )
+
+    stats = _Stats()
+    _write_shards(tasks, root_s, classes, opts, progress, stats)
+
+    results: dict[str, SplitResult] = {}
+    skipped: list[dict[str, Any]] = []
+    manifest_path: Path | None = None
+    finals = []
+    for plan in plans:
+        if plan.name not in dones:
+            continue
+        done = {
+            **dones[plan.name],
+            **{t.shard.number: t.state.done[t.shard.number] for t in tasks if t.plan is plan},
+        }
+        owned = [s.number for s in _owned(plan, opts.part)]
+        written = sum(1 for t in tasks if t.plan is plan)
+        mine = [done[k] for k in owned]
+        results[plan.name] = SplitResult(
+            records=sum(d.entry.records for d in mine),
+            shards=len(plan.shards),
+            skipped=sum(len(d.skipped) for d in mine),
+            shards_written=written,
+            shards_reused=len(owned) - written,
+        )
+        skipped.extend(
+            {"split": plan.name, "path": p, "reason": r} for d in mine for p, r in d.skipped
+        )
+        finals.append((plan, done, extras[plan.name]))
+    if opts.part[1] == 1:
+        if finals:
+            manifest_path = write_final_manifest(out, classes, from_dirs, finals)
+            for plan, _, _ in finals:
+                _remove(state_files(out, plan.name))
+        elif (out / MANIFEST_NAME).exists():
+            manifest_path = out / MANIFEST_NAME
+    return PackResult(
+        out=out,
+        manifest=manifest_path,
+        classes=classes,
+        splits=results,
+        skipped=skipped,
+        images=stats.images,
+        bytes_in=stats.bytes_in,
+        bytes_out=stats.bytes_out,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _merge(
+    out: Path,
+    plans: list[SplitPlan],
+    classes: list[str],
+    from_dirs: bool,
+    extras: dict[str, dict[str, Any]],
+    t0: float,
+) -> PackResult:
+    finals = []
+    missing: list[str] = []
+    results: dict[str, SplitResult] = {}
+    skipped: list[dict[str, Any]] = []
+    existing = read_existing_manifest(out)
+    for plan in plans:
+        if existing is not None and plan.name in existing.splits:
+            old = (existing.pack.get("splits") or {}).get(plan.name) or {}
+            if old.get("fingerprint") == plan.fingerprint:
+                logger.info("split %s is already merged in %s", plan.name, out)
+                continue
+        done = finished_shards(out, plan)
+        missing += [s.file for s in plan.shards if s.number not in done]
+        finals.append((plan, done, extras[plan.name]))
+    if missing:
+        shown = ", ".join(missing[:8]) + (
+            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        )
+        raise PackError(f"cannot merge: {len(missing)} shard(s) not finished: {shown}")
+    for plan, done, _ in finals:
+        results[plan.name] = SplitResult(
+            records=sum(d.entry.records for d in done.values()),
+            shards=len(plan.shards),
+            skipped=sum(len(d.skipped) for d in done.values()),
+            shards_written=0,
+            shards_reused=len(plan.shards),
+        )
+        skipped.extend(
+            {"split": plan.name, "path": p, "reason": r}
+            for k in range(len(plan.shards))
+            for p, r in done[k].skipped
+        )
+    path = write_final_manifest(out, classes, from_dirs, finals) if finals else out / MANIFEST_NAME
+    for plan, _, _ in finals:
+        _remove(state_files(out, plan.name))
+    return PackResult(
+        out=out,
+        manifest=path,
+        classes=classes,
+        splits=results,
+        skipped=skipped,
+        images=0,
+        bytes_in=0,
+        bytes_out=0,
+        seconds=time.perf_counter() - t0,
+    )

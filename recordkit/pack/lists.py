@@ -1,0 +1,165 @@
+"""Which ``.lst`` files to pack, their splits, and the class map they imply."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from recordkit.listing import ListEntry, ListError, classes_from_lists, read_list
+from recordkit.pack.options import PackError
+
+__all__ = ["SplitList", "find_lists", "load_splits", "resolve_classes", "entry_labels"]
+
+logger = logging.getLogger(__name__)
+
+_SPLIT_SUFFIX = re.compile(r"_(train|val|test)\.lst$")
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class SplitList:
+    """The entries of one split, concatenated from its list files in order."""
+
+    name: str
+    files: tuple[Path, ...]
+    entries: tuple[ListEntry, ...]
+
+
+def _discover(prefix: Path, default_split: str) -> list[tuple[str, int, Path]]:
+    """``(split, chunk, path)`` for each ``PREFIX[_chunk][_split].lst`` next to ``prefix``."""
+    directory = prefix.parent
+    base = re.escape(prefix.name)
+    pattern = re.compile(rf"^{base}(?:_(\d+))?(?:_(train|val|test))?\.lst$")
+    found = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise PackError(f"cannot read directory {directory}: {exc.strerror or exc}") from None
+    for name in names:
+        m = pattern.match(name)
+        if m is None:
+            continue
+        chunk = int(m.group(1)) if m.group(1) is not None else -1
+        found.append((m.group(2) or default_split, chunk, directory / name))
+    return found
+
+
+def find_lists(
+    prefix: str | os.PathLike[str] | None, lists: Sequence[Path], default_split: str
+) -> dict[str, list[Path]]:
+    """Map split name → its list files, in the order they are concatenated.
+
+    With ``lists``: each file's split comes from its ``_train`` / ``_val`` / ``_test`` suffix,
+    else ``default_split``; files of one split are taken in the order given. Otherwise every
+    ``PREFIX.lst``, ``PREFIX_{train,val,test}.lst`` and chunk file ``PREFIX_{k}[_split].lst``
+    is found; the chunks of one split are concatenated in chunk order.
+
+    Raises:
+        PackError: No list found, or one split is given both chunked and unchunked.
+    """
+    out: dict[str, list[Path]] = {}
+    if lists:
+        for p in lists:
+            if not p.is_file():
+                raise PackError(f"no such list file: {p}")
+            m = _SPLIT_SUFFIX.search(p.name)
+            out.setdefault(m.group(1) if m else default_split, []).append(p)
+        return out
+    if prefix is None:
+        raise PackError("give PREFIX or --list")
+    prefix = Path(prefix)
+    if prefix.suffix == ".lst" and prefix.is_file():
+        return find_lists(None, [prefix], default_split)
+    found = _discover(prefix, default_split)
+    if not found:
+        raise PackError(
+            f"no list files {prefix}.lst, {prefix}_train.lst, … found "
+            f"(make them with `recordkit list {prefix} ROOT`)"
+        )
+    by_split: dict[str, list[tuple[int, Path]]] = {}
+    for split, chunk, path in found:
+        by_split.setdefault(split, []).append((chunk, path))
+    for split, items in sorted(by_split.items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9)):
+        chunks = [c for c, _ in items]
+        if len(items) > 1 and -1 in chunks:
+            shown = ", ".join(str(p.name) for _, p in items)
+            raise PackError(
+                f"lists {shown} all give split {split!r}; name the ones to pack with --list"
+            )
+        out[split] = [p for _, p in sorted(items)]
+    return out
+
+
+def load_splits(files: dict[str, list[Path]]) -> list[SplitList]:
+    """Read the list files; empty splits are left out with a warning.
+
+    Raises:
+        PackError: A list is unreadable or malformed, or all lists are empty.
+    """
+    result = []
+    for name, paths in files.items():
+        entries: list[ListEntry] = []
+        for p in paths:
+            try:
+                entries.extend(read_list(p))
+            except ListError as exc:
+                raise PackError(str(exc)) from None
+        if not entries:
+            logger.warning("split %s: %s list no images; skipping it", name, _names(paths))
+            continue
+        result.append(SplitList(name, tuple(paths), tuple(entries)))
+    if not result:
+        raise PackError(f"no images in {_names([p for ps in files.values() for p in ps])}")
+    return result
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+def entry_labels(entry: ListEntry, pack_label: bool, source: str) -> tuple[int, ...]:
+    """The integer labels stored for ``entry``: all of them with ``pack_label``, else the first.
+
+    Raises:
+        PackError: A stored label is not a non-negative integer.
+    """
+    values = entry.labels if pack_label else entry.labels[:1]
+    out = []
+    for v in values:
+        if not math.isfinite(v) or v != int(v) or v < 0:
+            raise PackError(
+                f"{source}: label {v:f} of {entry.path!r} is not a non-negative integer class label"
+            )
+        out.append(int(v))
+    return tuple(out)
+
+
+def resolve_classes(splits: Sequence[SplitList], pack_label: bool) -> tuple[list[str], bool]:
+    """Class names in label order, and whether they came from directory names.
+
+    Names come from :func:`~recordkit.listing.classes_from_lists` over all splits (label →
+    its directory, ``/``-separated). When that is impossible (flat lists, several directories
+    per label, missing labels) or the labels exceed it, numbered names ``"0"``, ``"1"``, … are
+    used and a warning is logged.
+    """
+    all_entries = [e for s in splits for e in s.entries]
+    max_label = -1
+    for s in splits:
+        for e in s.entries:
+            labels = entry_labels(e, pack_label, _names(s.files))
+            max_label = max(max_label, *labels)
+    try:
+        classes = [c.replace(os.sep, "/") for c in classes_from_lists(all_entries)]
+        if "." in classes:
+            raise ListError("images directly in ROOT have no class directory")
+        if max_label >= len(classes):
+            raise ListError(f"label {max_label} has no class directory")
+        return classes, True
+    except ListError as exc:
+        logger.warning("class names from numbers 0..%d (%s)", max_label, exc)
+        return [str(k) for k in range(max_label + 1)], False
