@@ -1,0 +1,205 @@
+"""``make_loader``: one call from a shard directory to batches on a device, DALI or torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from recordkit.dataset import Dataset, open_dataset
+from recordkit.loaders.augment import Augment
+from recordkit.loaders.sampling import RecordSampler, resolve_rank_world
+
+__all__ = ["Loader", "dali_available", "default_workers", "make_loader"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "dali", "torch")
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What :func:`make_loader` returns, whichever the backend."""
+
+    backend: str
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def dali_available() -> bool:
+    """Whether ``nvidia.dali`` can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_workers() -> int:
+    """CPUs this process may run on (``sched_getaffinity``), at most 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+def make_loader(
+    path: str | os.PathLike[str] | Dataset,
+    split: str = "train",
+    batch_size: int = 256,
+    image_size: int = 224,
+    *,
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    drop_last: bool | None = None,
+    augment: Augment | None = None,
+    train: bool | None = None,
+    num_workers: int | None = None,
+    prefetch: int = 2,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shuffle: bool | None = None,
+    gpu_decode: bool = False,
+    multi_label: bool = False,
+    initial_fill: int | None = None,
+) -> Loader:
+    """Make an epoch-aware loader of normalized image batches over one split.
+
+    Example:
+        >>> loader = make_loader("shards/", split="train", batch_size=256, device="cuda",
+        ...                      dtype=torch.float16, channels_last=True)  # doctest: +SKIP
+        >>> for epoch in range(90):                                        # doctest: +SKIP
+        ...     loader.set_epoch(epoch)
+        ...     for images, labels in loader: ...
+
+    Args:
+        path: Shard directory (or an opened :class:`recordkit.Dataset`).
+        split: Split name.
+        batch_size: Samples per batch (per rank).
+        image_size: Output side in pixels.
+        backend: ``"dali"``, ``"torch"`` or ``"auto"``: DALI when ``device`` is CUDA and DALI is
+            importable (GPU decoding), else torch, which measured faster than DALI's CPU
+            pipeline on CPU (``docs/LOADERS.md``).
+        device: Where batches end up (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        dtype: Image dtype (``torch.float32``, ``torch.float16``, ``torch.bfloat16``).
+        channels_last: Images in channels-last memory format (still indexed ``(B, 3, S, S)``).
+        drop_last: Drop the last partial batch. Default: True when training, False otherwise.
+        augment: Crop/flip/normalization settings; default :class:`Augment()`.
+        train: Training augmentation; default: ``split == "train"``.
+        num_workers: torch DataLoader workers / DALI threads; default: the usable CPUs (<= 16).
+        prefetch: Batches prefetched per worker (torch) / pipeline queue depth (DALI).
+        seed: Base seed; with the epoch and the rank it fixes the order and augmentation.
+        rank: This rank; default from torch.distributed when initialized, else ``RANK``, else 0.
+        world_size: Ranks; default from torch.distributed, else ``WORLD_SIZE``, else 1.
+        shuffle: Reshuffle each epoch; default: the same as ``train``.
+        gpu_decode: torch backend on CUDA: workers send JPEG bytes and crop parameters; the
+            main process decodes each batch with ``torchvision.io.decode_jpeg(device=…)``.
+        multi_label: Labels as ``(B, L)`` int64 padded with -1 (L = most labels in the batch)
+            instead of ``(B,)`` holding each record's first label.
+        initial_fill: DALI reader shuffle buffer (records); default ``max(1024, 4 * batch)``.
+
+    Returns:
+        A :class:`Loader`: iterate for ``(images, labels)``; ``len()`` is this rank's batches
+        per epoch; ``set_epoch(e)`` selects the epoch's order.
+
+    Raises:
+        ValueError: Bad argument values (unknown backend, batch_size < 1, …).
+        ImportError: ``backend="dali"`` without DALI installed.
+        ManifestError: ``path`` is not a finished shard directory.
+        KeyError: No such split.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if batch_size < 1 or image_size < 1:
+        raise ValueError(f"batch_size and image_size must be >= 1 ({batch_size}, {image_size})")
+    dev = torch.device(device)
+    ds = path if isinstance(path, Dataset) else open_dataset(path)
+    sp = ds[split]
+    train = split == "train" if train is None else train
+    drop_last = train if drop_last is None else drop_last
+    shuffle = train if shuffle is None else shuffle
+    augment = augment or Augment()
+    rank, world_size = resolve_rank_world(rank, world_size)
+    workers = default_workers() if num_workers is None else num_workers
+    if backend == "auto":
+        # DALI's win is GPU ("mixed") decoding; on CPU the torch backend measured faster
+        # (docs/LOADERS.md), and gpu_decode is a torch-backend feature.
+        backend = "dali" if dev.type == "cuda" and not gpu_decode and dali_available() else "torch"
+        log.debug("make_loader: backend auto -> %s (device %s)", backend, dev)
+    log.debug(
+        "make_loader: %s split=%s records=%d rank=%d/%d batch=%d train=%s",
+        backend,
+        split,
+        len(sp),
+        rank,
+        world_size,
+        batch_size,
+        train,
+    )
+    if backend == "dali":
+        from recordkit.loaders.dali import DaliLoader
+
+        return DaliLoader(
+            sp,
+            batch_size=batch_size,
+            image_size=image_size,
+            train=train,
+            augment=augment,
+            device=dev,
+            dtype=dtype,
+            channels_last=channels_last,
+            drop_last=drop_last,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_threads=max(1, workers),
+            prefetch=prefetch,
+            multi_label=multi_label,
+            initial_fill=initial_fill,
+        )
+
+    from recordkit.loaders.decode import EncodedDecode, TrainDecode, ValDecode
+    from recordkit.loaders.torch_loader import RecordDataset, TorchLoader
+
+    if gpu_decode:
+        decode: object = EncodedDecode(image_size, augment, train=train)
+    else:
+        decode = TrainDecode(image_size, augment) if train else ValDecode(image_size, augment)
+    dataset = RecordDataset(ds, split, decode=decode, multi_label=multi_label)  # type: ignore[arg-type]
+    sampler = RecordSampler(
+        len(dataset),
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        with_seeds=True,
+    )
+    return TorchLoader(
+        dataset,
+        sampler,
+        batch_size=batch_size,
+        image_size=image_size,
+        train=train,
+        augment=augment,
+        device=dev,
+        dtype=dtype,
+        channels_last=channels_last,
+        drop_last=drop_last,
+        num_workers=workers,
+        prefetch=prefetch,
+        gpu_decode=gpu_decode,
+        multi_label=multi_label,
+    )
