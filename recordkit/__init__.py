@@ -7,6 +7,9 @@
 >>> ds.classes, len(ds["val"]), ds["val"][0].label       # doctest: +SKIP
 """
 
+import importlib
+from typing import Any
+
 from recordkit.dataset import Dataset, Split, open_dataset, partition
 from recordkit.errors import CorruptRecordError, IndexMismatchError, ManifestError, RecordkitError
 from recordkit.format import (
@@ -26,8 +29,41 @@ __version__ = "0.1.0"
 
 open = open_dataset  # noqa: A001 - recordkit.open(path) is the documented entry point
 
+# Imported on first use so that `import recordkit` needs neither torch, DALI nor Pillow.
+# (The packer itself is `recordkit.pack.pack`: the subpackage name is taken.)
+_LAZY = {
+    "make_loader": "recordkit.loaders",
+    "RecordDataset": "recordkit.loaders",
+    "RecordSampler": "recordkit.loaders",
+    "Augment": "recordkit.loaders",
+    "PackOptions": "recordkit.pack",
+    "PackResult": "recordkit.pack",
+    "ImageOptions": "recordkit.imaging",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'recordkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "FORMAT_VERSION",
+    "Augment",
+    "ImageOptions",
+    "PackOptions",
+    "PackResult",
+    "RecordDataset",
+    "RecordSampler",
+    "make_loader",
     "CorruptRecordError",
     "Dataset",
     "IndexMismatchError",
