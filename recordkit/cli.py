@@ -306,6 +306,15 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "(im2rec does).",
 )
 @click.option("--upscale", is_flag=True, help="Also enlarge images smaller than --resize.")
+@click.option(
+    "--resample",
+    type=click.Choice(["fast", "area"]),
+    default="fast",
+    show_default=True,
+    help="Shrinking filter: fast = Gaussian prefilter + bilinear (antialiased, ~4x cheaper), "
+    "area = OpenCV INTER_AREA (about 1-2 dB PSNR closer to Lanczos). im2rec uses plain "
+    "bilinear (aliased).",
+)
 @click.option("--center-crop", is_flag=True, help="Crop the centre square (as im2rec).")
 @click.option(
     "--quality",
@@ -386,6 +395,7 @@ def pack_cmd(
     out: Path,
     resize: int,
     upscale: bool,
+    resample: str,
     center_crop: bool,
     quality: int,
     encoding: str,
@@ -434,6 +444,7 @@ def pack_cmd(
             color=int(color),
             upscale=upscale,
             pass_through=pass_through,
+            resample=resample,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

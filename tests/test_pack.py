@@ -521,3 +521,19 @@ def test_overwrite_of_the_only_split_may_change_the_class_map(tmp_path):
     ds = recordkit.open(out)
     assert ds.classes == ["x", "y"] and len(ds["train"]) == 2
     assert verify(out).ok
+
+
+def test_resample_flag_reaches_the_manifest_and_opencv_threads_are_restored(tmp_path):
+    import cv2
+
+    prefix, root = make_dataset(tmp_path, size=(96, 128))
+    before = cv2.getNumThreads()
+    result = run_cli("pack", prefix, root, "--out", tmp_path / "s", "--resize", "40",
+                     "--resample", "area")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert cv2.getNumThreads() == before
+    manifest = json.loads((tmp_path / "s" / MANIFEST_NAME).read_text())
+    assert manifest["pack"]["resample"] == "area"
+    rec = recordkit.open(tmp_path / "s")["train"][0]
+    assert min(rec.width, rec.height) == 40
+    assert decode(rec).shape[:2] == (rec.height, rec.width)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from recordkit.format.example import Record
 from recordkit.format.manifest import MANIFEST_NAME, ShardEntry, write_manifest
 from recordkit.format.writer import ShardWriter
@@ -176,6 +178,10 @@ def _write_shards(
         for j in range(t.shard.start, t.shard.stop)
     )
     pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="recordkit-pack")
+    # Our pool is the parallelism: OpenCV's own thread pool inside cv2.resize would only
+    # oversubscribe the cores (and made 1 thread look faster than it is). Restored below.
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         stream = _ordered(pool, paths, opts.image, opts.in_flight)
         for task in tasks:
@@ -224,6 +230,7 @@ def _write_shards(
             task.state.add(shard.number, DoneShard(done, tuple(skipped)))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        cv2.setNumThreads(cv2_threads)
 
 
 def pack(
