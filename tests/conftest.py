@@ -42,6 +42,16 @@ def read_idx(path: Path) -> list[tuple[int, int]]:
     return out
 
 
+def assert_one_line_error(result, *needles: str) -> None:
+    """A CLI result that failed with exit code 1 and one ``Error: …`` line naming ``needles``."""
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+
+
 def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 

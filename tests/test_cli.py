@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import read_idx
+from conftest import assert_one_line_error, read_idx
 
 from recordkit.cli import main
 from recordkit.format import framing
@@ -21,15 +21,6 @@ def runner() -> CliRunner:
 
 def run(runner: CliRunner, *args: str):
     return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in lines[-1], lines[-1]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import imagegen
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_one_line_error
 from PIL import Image
 
 import recordkit
@@ -72,15 +73,6 @@ def manifest_without_time(d: Path) -> dict:
 
 def run_cli(*args: object) -> object:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in lines[-1], lines[-1]
 
 
 def opts(out: Path, **kw) -> PackOptions:

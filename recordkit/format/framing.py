@@ -57,10 +57,19 @@ def frame(data: bytes | bytearray | memoryview) -> bytes:
     return b"".join((length, _U32.pack(masked_crc(length)), data, _U32.pack(masked_crc(data))))
 
 
-def _parse_header(header: bytes, path: str, offset: int, verify: bool) -> int:
+def _parse_header(header: bytes, path: str, offset: int, verify: bool, file_size: int) -> int:
+    """Return the data length of the record at ``offset``, checked against the file's size."""
     length, length_crc = _HEADER.unpack(header)
     if verify and masked_crc(header[:8]) != length_crc:
         raise CorruptRecordError(path, offset, "length CRC mismatch (corrupt record header)")
+    remaining = file_size - offset - OVERHEAD
+    if length > remaining:
+        raise CorruptRecordError(
+            path,
+            offset,
+            f"record length {length} exceeds the {max(remaining, 0)} bytes left in the file "
+            "(truncated file or corrupt length)",
+        )
     return length
 
 
@@ -105,15 +114,7 @@ def read_record_at(
         header = os.pread(fd, HEADER_SIZE, offset)
     if len(header) != HEADER_SIZE:
         raise CorruptRecordError(path, offset, "truncated record header")
-    length = _parse_header(header, path, offset, verify_crc)
-    remaining = file_size - offset - OVERHEAD
-    if length > remaining:
-        raise CorruptRecordError(
-            path,
-            offset,
-            f"record length {length} exceeds the {max(remaining, 0)} bytes left in the file "
-            "(truncated file or corrupt length)",
-        )
+    length = _parse_header(header, path, offset, verify_crc, file_size)
     if expected_size is not None and length + OVERHEAD != expected_size:
         raise IndexMismatchError(
             path,
@@ -160,15 +161,7 @@ def scan(
                 path, offset, f"truncated record header ({file_size - offset} bytes at end)"
             )
         header = f.read(HEADER_SIZE)
-        length = _parse_header(header, path, offset, verify_crc)
-        remaining = file_size - offset - OVERHEAD
-        if length > remaining:
-            raise CorruptRecordError(
-                path,
-                offset,
-                f"record length {length} exceeds the {max(remaining, 0)} bytes left in the "
-                "file (truncated file or corrupt length)",
-            )
+        length = _parse_header(header, path, offset, verify_crc, file_size)
         body = f.read(length + FOOTER_SIZE)
         if len(body) != length + FOOTER_SIZE:  # file shrank under us
             raise CorruptRecordError(path, offset, "truncated record data")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from recordkit.errors import IndexMismatchError
 from recordkit.format import framing
+from recordkit.format.atomic import atomic_write_text
 
 __all__ = [
     "index_path_for",
@@ -157,14 +158,4 @@ def build_index(path: str | os.PathLike[str], *, verify_crc: bool = True) -> lis
 
 def write_index(entries: list[tuple[int, int]], path: str | os.PathLike[str]) -> None:
     """Write an index file atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(format_index(entries))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, format_index(entries), encoding="ascii")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.errors import ManifestError
+from recordkit.format.atomic import atomic_write_text
 
 __all__ = [
     "FORMAT_VERSION",
@@ -224,16 +225,5 @@ def write_manifest(manifest: Manifest, directory: str | os.PathLike[str]) -> Pat
     Returns:
         The path of the manifest.
     """
-    path = Path(directory) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest.to_dict(), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    return atomic_write_text(Path(directory) / MANIFEST_NAME, text)
