@@ -220,6 +220,30 @@ def test_set_epoch_reshuffles_and_the_seed_reproduces(shards: Path, backend: str
     assert collect(other)[0] != e0
 
 
+@pytest.mark.dali
+def test_dali_epochs_are_the_same_sequentially_or_resumed(shards: Path) -> None:
+    """The DALI loader starts epoch e + 1 ahead of time; it must equal a resumed epoch e + 1."""
+    need("dali")
+    kw = {"batch_size": 4, "seed": 5}
+    ld = loader(shards, "dali", "train", **kw)
+    seq = []
+    for e in range(3):
+        ld.set_epoch(e)
+        seq.append([(x.clone(), y.clone()) for x, y in ld])
+    for e in (2, 1):  # resumed runs, and a loader whose epoch jumps back (discarding the ahead)
+        fresh = loader(shards, "dali", "train", **kw)
+        fresh.set_epoch(e)
+        for ld_e in (fresh, ld):
+            ld_e.set_epoch(e)
+            got = list(ld_e)
+            assert len(got) == len(seq[e]) == len(ld)
+            for (x, y), (x0, y0) in zip(got, seq[e], strict=True):
+                assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert ld._ahead is not None  # the pipeline for epoch 2 was started after epoch 1
+    ld.close()
+    assert ld._ahead is None
+
+
 # -- dtype, layout, len ---------------------------------------------------------------------
 
 

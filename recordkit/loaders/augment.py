@@ -43,8 +43,9 @@ class Augment:
         std: Per-channel standard deviation in 0-1 scale (RGB).
         val_resize_ratio: Validation resizes the shorter side to ``image_size / val_resize_ratio``
             before the centre crop (0.875: 256 -> 224, the ResNet convention).
-        train_antialias: Antialias the training crop's resize (torchvision's default). False is
-            what DALI's ResNet-50 example does (plain bilinear): faster, slightly aliased.
+        train_antialias: Antialias the training crop's resize (torchvision's default, and what
+            DALI's ResNet-50 example gets from ``INTERP_TRIANGULAR``). False: plain bilinear,
+            faster on DALI's CPU pipeline (docs/BENCHMARKS.md), slightly aliased.
     """
 
     scale: tuple[float, float] = (0.08, 1.0)

@@ -8,22 +8,30 @@ the same contiguous formula as :func:`recordkit.partition`):
 
 - training: ``readers.tfrecord(random_shuffle=True, initial_fill=…)`` →
   ``decoders.image_random_crop`` (``"mixed"`` with ``hw_decoder_load`` on a GPU, ``"cpu"``
-  otherwise; area ``scale``, aspect ``ratio``) → ``resize`` to ``S x S`` →
+  otherwise; area ``scale``, aspect ``ratio``) → ``resize`` to ``S x S`` (bilinear with
+  antialiasing: DALI's ResNet-50 recipe, whose deprecated ``INTERP_TRIANGULAR`` is exactly
+  that; ``Augment(train_antialias=False)`` for plain bilinear) →
   ``crop_mirror_normalize(mirror=random.coin_flip(flip))``;
 - validation: ``decoders.image`` → ``resize(resize_shorter=int(S / 0.875))`` →
   ``crop_mirror_normalize(crop=(S, S))`` (a centre crop).
 
-Exactly once: the reader is named and pads its last batch (``pad_last_batch=True``, repeating
-the last record), and ``DALIGenericIterator(reader_name=…, last_batch_policy=PARTIAL)`` trims
-the padding, so validation yields every record of the rank's range once. Training uses
-``DROP`` and stops after ``(N // world) // batch`` batches, the same count on every rank.
+Exactly once: the reader pads its last batch (``pad_last_batch=True``, repeating the last
+record) and :class:`DaliLoader` drives the pipeline itself (``schedule_run`` /
+``share_outputs``, DLPack into torch as ``DALIGenericIterator`` does): it schedules exactly
+``len(loader)`` batches per epoch — none past the end, nothing decoded and thrown away — and
+trims the padding from the last one, so validation yields every record of the rank's range
+once. Training stops after ``(N // world) // batch`` batches, the same count on every rank.
 
-Seeds: a fresh pipeline is built for each pass with seed ``f(seed, epoch, rank)``, so an epoch's
+Seeds: each epoch runs its own pipeline seeded with ``f(seed, epoch, rank)``, so an epoch's
 order and augmentation depend only on ``(seed, epoch, rank)`` — resuming at epoch *e*
-reproduces it — and :meth:`DaliLoader.set_epoch` reshuffles. Building costs well under a second
-on CPU. DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in
-file order, not a full permutation: records should be packed in shuffled order (``recordkit
-list`` shuffles like im2rec), which makes the buffer shuffle plenty.
+reproduces it — and :meth:`DaliLoader.set_epoch` reshuffles. (One pipeline kept across epochs
+cannot do that: its reader's RNG carries on from epoch to epoch and cannot be reseeded.) To
+hide the rebuild, a training loader builds and starts epoch *e + 1*'s pipeline as soon as the
+last batch of epoch *e* has been produced (it is the same pipeline a later build would give);
+``set_epoch`` to any other epoch discards it. DALI's tfrecord reader shuffles through a buffer
+of ``initial_fill`` records read in file order, not a full permutation: records should be
+packed in shuffled order (``recordkit list`` shuffles like im2rec), which makes the buffer
+shuffle plenty.
 """
 
 from __future__ import annotations
@@ -39,8 +47,9 @@ try:
     import nvidia.dali.tfrecord as tfrec
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
+    from nvidia.dali.backend import TensorGPU
     from nvidia.dali.pipeline import Pipeline
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 except ImportError as exc:  # pragma: no cover - exercised only without DALI
     raise ImportError(
         "the DALI backend needs NVIDIA DALI: pip install recordkit[dali] "
@@ -52,7 +61,7 @@ from recordkit.format.example import KEY_ENCODED, KEY_LABEL
 from recordkit.loaders.augment import Augment, val_resize_size
 from recordkit.loaders.sampling import batches_per_rank, epoch_seed
 
-__all__ = ["DaliLoader", "build_pipeline"]
+__all__ = ["DaliLoader", "build_pipeline", "decode_augment"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,64 @@ def default_initial_fill(records: int, batch_size: int) -> int:
     shards were packed from a shuffled list.
     """
     return max(1, min(records, max(1024, 4 * batch_size)))
+
+
+def decode_augment(
+    jpegs: Any,
+    *,
+    train: bool,
+    augment: Augment,
+    image_size: int,
+    gpu: bool,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> Any:
+    """The decode + augment part of the pipeline graph (call inside a pipeline definition).
+
+    Shared by :func:`build_pipeline` and ``tools/bench_loader.py``'s ``fn.readers.file``
+    pipeline, so that both run exactly the same operators.
+    """
+    dec_kw: dict[str, Any] = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
+    if gpu:
+        dec_kw.update(
+            hw_decoder_load=HW_DECODER_LOAD,
+            device_memory_padding=DEVICE_MEMORY_PADDING,
+            host_memory_padding=HOST_MEMORY_PADDING,
+        )
+    if train:
+        images = fn.decoders.image_random_crop(
+            jpegs,
+            random_area=list(augment.scale),
+            random_aspect_ratio=list(augment.ratio),
+            num_attempts=100,
+            **dec_kw,
+        )
+        # INTERP_LINEAR + antialias is what DALI's ResNet-50 example's INTERP_TRIANGULAR
+        # (deprecated) stands for; antialias=False is the cheaper, aliasing variant.
+        images = fn.resize(
+            images,
+            resize_x=image_size,
+            resize_y=image_size,
+            interp_type=types.INTERP_LINEAR,
+            antialias=augment.train_antialias,
+        )
+        mirror = fn.random.coin_flip(probability=augment.flip) if augment.flip > 0 else 0
+    else:
+        images = fn.decoders.image(jpegs, **dec_kw)
+        short = val_resize_size(image_size, augment.val_resize_ratio)
+        images = fn.resize(
+            images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True
+        )
+        mirror = 0
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=_DALI_DTYPES.get(dtype, types.FLOAT),
+        output_layout="HWC" if channels_last else "CHW",
+        crop=(image_size, image_size),
+        mean=list(augment.mean255),
+        std=list(augment.std255),
+        mirror=mirror,
+    )
 
 
 def build_pipeline(
@@ -119,7 +186,6 @@ def build_pipeline(
         -1 to the batch's longest label list.
     """
     gpu = device_id is not None
-    out_dtype = _DALI_DTYPES.get(dtype, types.FLOAT)
 
     @pipeline_def
     def _pipe() -> tuple[Any, Any]:
@@ -139,44 +205,14 @@ def build_pipeline(
             name=READER_NAME,
         )
         jpegs, labels = inputs[KEY_ENCODED], inputs[KEY_LABEL]
-        dec_kw: dict[str, Any] = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
-        if gpu:
-            dec_kw.update(
-                hw_decoder_load=HW_DECODER_LOAD,
-                device_memory_padding=DEVICE_MEMORY_PADDING,
-                host_memory_padding=HOST_MEMORY_PADDING,
-            )
-        if train:
-            images = fn.decoders.image_random_crop(
-                jpegs,
-                random_area=list(augment.scale),
-                random_aspect_ratio=list(augment.ratio),
-                num_attempts=100,
-                **dec_kw,
-            )
-            images = fn.resize(
-                images,
-                resize_x=image_size,
-                resize_y=image_size,
-                interp_type=types.INTERP_LINEAR,
-                antialias=augment.train_antialias,
-            )
-            mirror = fn.random.coin_flip(probability=augment.flip) if augment.flip > 0 else 0
-        else:
-            images = fn.decoders.image(jpegs, **dec_kw)
-            short = val_resize_size(image_size, augment.val_resize_ratio)
-            images = fn.resize(
-                images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True
-            )
-            mirror = 0
-        images = fn.crop_mirror_normalize(
-            images,
-            dtype=out_dtype,
-            output_layout="HWC" if channels_last else "CHW",
-            crop=(image_size, image_size),
-            mean=list(augment.mean255),
-            std=list(augment.std255),
-            mirror=mirror,
+        images = decode_augment(
+            jpegs,
+            train=train,
+            augment=augment,
+            image_size=image_size,
+            gpu=gpu,
+            dtype=dtype,
+            channels_last=channels_last,
         )
         labels = fn.pad(labels, fill_value=-1)
         if gpu:
@@ -192,6 +228,35 @@ def build_pipeline(
     )
     pipe.build()
     return pipe
+
+
+def _outputs_to_torch(pipe: Pipeline, device_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next batch's ``(images, labels)`` as torch tensors, as DALIGenericIterator does it.
+
+    With DALI's dynamic executor (the default) every iteration gets fresh output buffers, so
+    the tensors are shared zero-copy through DLPack; otherwise they are copied out before the
+    buffers go back to DALI.
+    """
+    outs = pipe.share_outputs()
+    device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
+    result = []
+    for out in outs:
+        t = out.as_tensor()
+        gpu = isinstance(t, TensorGPU)
+        dev = device if gpu else torch.device("cpu")
+        if pipe.exec_dynamic:
+            with dev:
+                result.append(torch.from_dlpack(t))
+            continue
+        x = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=dev)
+        if gpu:
+            feed_ndarray(t, x, cuda_stream=torch.cuda.current_stream(device=dev))
+        else:
+            feed_ndarray(t, x)
+        result.append(x)
+    del outs
+    pipe.release_outputs()
+    return result[0], result[1]
 
 
 class DaliLoader:
@@ -249,6 +314,7 @@ class DaliLoader:
         part = len(partition(len(split), rank, world_size))
         self.initial_fill = initial_fill or default_initial_fill(part, batch_size)
         self.epoch = 0
+        self._ahead: tuple[int, Pipeline, int] | None = None
         if device.type == "cuda":
             self.device_id: int | None = (
                 device.index if device.index is not None else torch.cuda.current_device()
@@ -265,8 +331,9 @@ class DaliLoader:
             len(self.split), self.rank, self.world_size, self.batch_size, self.drop_last
         )
 
-    def pipeline(self) -> Pipeline:
-        """A freshly built pipeline for the current epoch."""
+    def pipeline(self, epoch: int | None = None) -> Pipeline:
+        """A freshly built pipeline for ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else epoch
         return build_pipeline(
             [str(p) for p in self.split.files],
             [str(r.index_path) for r in self.split.readers],
@@ -277,44 +344,72 @@ class DaliLoader:
             shard_id=self.rank,
             num_shards=self.world_size,
             shuffle=self.shuffle,
-            seed=epoch_seed(self.seed, self.epoch, 1 + self.rank),
+            seed=epoch_seed(self.seed, epoch, 1 + self.rank),
             num_threads=self.num_threads,
             device_id=self.device_id,
             dtype=self.dtype,
             channels_last=self.channels_last,
-            prefetch=self.prefetch,
+            prefetch=self._depth,
             initial_fill=self.initial_fill,
         )
 
+    @property
+    def _depth(self) -> int:
+        """Queue depth: ``prefetch``, but no deeper than the epoch (so no batch past its end)."""
+        return max(1, min(self.prefetch, len(self)))
+
+    def _start(self, epoch: int) -> tuple[Pipeline, int]:
+        """Build ``epoch``'s pipeline and start its first batches; return it and how many."""
+        pipe = self.pipeline(epoch)
+        pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
+        return pipe, self._depth
+
+    def close(self) -> None:
+        """Drop the next epoch's pipeline started ahead of time, if any (frees its memory)."""
+        self._ahead = None
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if len(self) == 0:  # drop_last with fewer records than one batch
+        n = len(self)
+        if n == 0:  # drop_last with fewer records than one batch
             return
-        pipe = self.pipeline()
-        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        it = DALIGenericIterator(
-            pipe,
-            ["images", "labels"],
-            reader_name=READER_NAME,
-            last_batch_policy=policy,
-            auto_reset=False,
-        )
-        todo = len(self)
+        epoch, ahead = self.epoch, self._ahead
+        self._ahead = None
+        if ahead is not None and ahead[0] == epoch:
+            _, pipe, scheduled = ahead
+        else:  # first pass, or set_epoch jumped: what was started ahead is discarded
+            del ahead
+            pipe, scheduled = self._start(epoch)
+        # The reader pads the rank's last batch with copies of its last record
+        # (pad_last_batch); they are trimmed here, as DALIGenericIterator's PARTIAL policy does.
+        part = len(partition(len(self.split), self.rank, self.world_size))
+        last = self.batch_size if self.drop_last else part - (n - 1) * self.batch_size
         try:
-            for batch in it:
-                if todo == 0:
-                    break
-                todo -= 1
-                images, labels = batch[0]["images"], batch[0]["labels"]
+            for i in range(n):
+                images, labels = _outputs_to_torch(pipe, self.device_id)
+                if scheduled < n:  # keep the queue full, but run no batch past the epoch
+                    pipe.schedule_run()
+                    scheduled += 1
+                if i == n - 1:
+                    pipe = None  # nothing of it is in flight: it goes without waiting
+                    if self.train:
+                        # Start the next epoch now, while the last batch is consumed. Seeded
+                        # for epoch + 1 exactly as a later build would be, so the epoch is the
+                        # same whether reached sequentially or by resuming; set_epoch to any
+                        # other epoch discards it.
+                        self._ahead = (epoch + 1, *self._start(epoch + 1))
+                    if last < self.batch_size:
+                        images, labels = images[:last], labels[:last]
                 if self.channels_last:
                     images = images.permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW
                 if images.dtype != self.dtype:
                     images = images.to(self.dtype)
-                labels = labels.to(torch.int64)
+                if labels.dtype != torch.int64:
+                    labels = labels.to(torch.int64)
                 if not self.multi_label:
                     labels = labels[:, 0].contiguous()
                 yield images, labels
         finally:
-            del it, pipe
+            del pipe
 
     def __repr__(self) -> str:
         return (

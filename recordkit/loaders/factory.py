@@ -89,8 +89,8 @@ def make_loader(
         batch_size: Samples per batch (per rank).
         image_size: Output side in pixels.
         backend: ``"dali"``, ``"torch"`` or ``"auto"``: DALI when ``device`` is CUDA and DALI is
-            importable (GPU decoding), else torch, which measured faster than DALI's CPU
-            pipeline on CPU (``docs/LOADERS.md``).
+            importable (GPU decoding), else torch, which measured about as fast as DALI's
+            CPU pipeline on CPU (``docs/LOADERS.md``).
         device: Where batches end up (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         dtype: Image dtype (``torch.float32``, ``torch.float16``, ``torch.bfloat16``).
         channels_last: Images in channels-last memory format (still indexed ``(B, 3, S, S)``).
@@ -133,8 +133,8 @@ def make_loader(
     rank, world_size = resolve_rank_world(rank, world_size)
     workers = default_workers() if num_workers is None else num_workers
     if backend == "auto":
-        # DALI's win is GPU ("mixed") decoding; on CPU the torch backend measured faster
-        # (docs/LOADERS.md), and gpu_decode is a torch-backend feature.
+        # DALI's win is GPU ("mixed") decoding; on CPU the torch backend measured about as
+        # fast (docs/LOADERS.md), and gpu_decode is a torch-backend feature.
         backend = "dali" if dev.type == "cuda" and not gpu_decode and dali_available() else "torch"
         log.debug("make_loader: backend auto -> %s (device %s)", backend, dev)
     log.debug(
