@@ -1,7 +1,11 @@
 """recordkit-train: distributed fp16 ResNet training on recordkit shards.
 
-The training engine is not written yet (its own issue); this package holds the ``recordkit-train``
-entry point so that the command exists and says so.
+Written so far: the building blocks — :mod:`~recordkit_train.models` (ResNet v1.5),
+:mod:`~recordkit_train.precision` (fp16/bf16/fp32, the loss-scaling step),
+:mod:`~recordkit_train.optim` (SGD without decay on BN/biases, cosine and step schedules),
+:mod:`~recordkit_train.checkpoint` (atomic, ``weights_only`` loading, RNG state) and
+:mod:`~recordkit_train.metrics` (exact top-k counts). The training engine and the
+``recordkit-train`` commands come with the training issue.
 """
 
 __all__: list[str] = []

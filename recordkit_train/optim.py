@@ -1,0 +1,221 @@
+"""Optimizer and learning-rate schedules for ResNet training.
+
+Defaults follow NVIDIA's ResNet-50 v1.5 recipe (DeepLearningExamples): SGD with momentum
+0.875, weight decay 3.0517578125e-05 (1/32768) on weights only, learning rate 0.256 per 256
+images scaled linearly with the global batch (Goyal et al., "Accurate, Large Minibatch SGD").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SCHEDULES",
+    "LRSchedule",
+    "build_optimizer",
+    "scaled_lr",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES: tuple[str, ...] = ("cosine", "step")
+"""The schedule kinds :class:`LRSchedule` accepts."""
+
+
+def scaled_lr(base_lr: float = 0.256, *, batch_size: int, world_size: int = 1) -> float:
+    """The linear-scaling rule: ``base_lr * batch_size * world_size / 256``.
+
+    Args:
+        base_lr: Learning rate for a global batch of 256 images.
+        batch_size: Images per rank per step.
+        world_size: Number of ranks.
+
+    Returns:
+        The learning rate for the global batch ``batch_size * world_size``.
+
+    Raises:
+        ValueError: ``batch_size`` or ``world_size`` is below 1.
+    """
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(
+            f"batch_size and world_size must be at least 1, got {batch_size} and {world_size}"
+        )
+    return base_lr * batch_size * world_size / 256
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    momentum: float = 0.875,
+    weight_decay: float = 3.0517578125e-05,
+    nesterov: bool = False,
+) -> torch.optim.SGD:
+    """SGD with weight decay on weights only.
+
+    Parameters with at most one dimension (BatchNorm weights and biases, convolution and
+    linear biases) get no weight decay; the others (convolution and linear weights) get
+    ``weight_decay``. Frozen parameters (``requires_grad=False``) are left out.
+
+    Args:
+        model: The model (unwrapped or not; parameters are what counts).
+        lr: Initial learning rate (a schedule usually overwrites it every step).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty for the decayed group.
+        nesterov: Use Nesterov momentum.
+
+    Returns:
+        The optimizer, with the decayed group first and the undecayed one second (a group
+        with no parameters is left out).
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups: list[dict[str, Any]] = [
+        {"params": params, "weight_decay": wd}
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0))
+        if params
+    ]
+    logger.debug("SGD: %d decayed and %d undecayed parameter tensors", len(decay), len(no_decay))
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+@dataclass
+class LRSchedule:
+    """Learning rate per iteration: cosine or step decay, each after an optional linear warm-up.
+
+    Positions are ``(epoch, iteration)`` with ``iteration`` in ``[0, iters_per_epoch)``;
+    ``t = epoch * iters_per_epoch + iteration`` counts global steps and ``W`` is the number of
+    warm-up steps, ``round(warmup_epochs * iters_per_epoch)``.
+
+    - Warm-up (``t < W``): ``base_lr * (t + 1) / W`` -- linear from ``base_lr / W`` (near 0)
+      to exactly ``base_lr`` at the last warm-up step, as in NVIDIA's ResNet-50 recipe
+      (here per iteration rather than per epoch).
+    - ``cosine``: ``final_lr + (base_lr - final_lr) * (1 + cos(pi * p)) / 2`` with
+      ``p = (t - W) / (T - W)``, ``T = epochs * iters_per_epoch``: ``base_lr`` right after the
+      warm-up, ``final_lr`` at the end of training (``lr_at(epochs, 0)``) and beyond.
+    - ``step``: ``base_lr * step_factor ** k``, ``k`` the number of ``step_epochs`` at or
+      before ``epoch`` -- MXNet's ``MultiFactorScheduler`` as used by its ImageNet examples
+      (``--lr-step-epochs 30,60``, factor 0.1).
+
+    The schedule holds only its configuration; :meth:`state_dict` round-trips it.
+
+    Attributes:
+        kind: ``"cosine"`` or ``"step"``.
+        base_lr: Peak learning rate (after the warm-up).
+        epochs: Training length in epochs.
+        iters_per_epoch: Optimizer steps per epoch.
+        warmup_epochs: Length of the linear warm-up in epochs (may be fractional; 0 = none).
+        step_epochs: ``step`` only: epochs at whose start the rate is multiplied by
+            ``step_factor``.
+        step_factor: ``step`` only: the multiplier.
+        final_lr: ``cosine`` only: the rate at the end of training.
+    """
+
+    kind: str
+    base_lr: float
+    epochs: int
+    iters_per_epoch: int
+    warmup_epochs: float = 0.0
+    step_epochs: Sequence[int] = field(default=(30, 60))
+    step_factor: float = 0.1
+    final_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Validate and normalise the configuration.
+
+        Raises:
+            ValueError: An unknown kind or an impossible value.
+        """
+        if self.kind not in SCHEDULES:
+            raise ValueError(
+                f"unknown LR schedule {self.kind!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
+        if self.epochs < 1 or self.iters_per_epoch < 1:
+            raise ValueError(
+                f"epochs and iters_per_epoch must be at least 1, got {self.epochs} and "
+                f"{self.iters_per_epoch}"
+            )
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be between 0 and epochs ({self.epochs}), "
+                f"got {self.warmup_epochs}"
+            )
+        if self.base_lr < 0 or self.final_lr < 0:
+            raise ValueError("learning rates must not be negative")
+        self.step_epochs = tuple(sorted(int(e) for e in self.step_epochs))
+
+    @property
+    def warmup_iters(self) -> int:
+        """Number of warm-up steps."""
+        return round(self.warmup_epochs * self.iters_per_epoch)
+
+    @property
+    def total_iters(self) -> int:
+        """Number of steps in the whole training."""
+        return self.epochs * self.iters_per_epoch
+
+    def lr_at(self, epoch: int, iteration: int = 0) -> float:
+        """The learning rate for step ``iteration`` of ``epoch`` (both 0-based).
+
+        Args:
+            epoch: The epoch.
+            iteration: The step within the epoch.
+
+        Returns:
+            The learning rate.
+        """
+        t = epoch * self.iters_per_epoch + iteration
+        warmup = self.warmup_iters
+        if t < warmup:
+            return self.base_lr * (t + 1) / warmup
+        if self.kind == "cosine":
+            span = self.total_iters - warmup
+            progress = min(1.0, (t - warmup) / span) if span > 0 else 1.0
+            return self.final_lr + (self.base_lr - self.final_lr) * 0.5 * (
+                1.0 + math.cos(math.pi * progress)
+            )
+        decays = sum(1 for e in self.step_epochs if e <= epoch)
+        return self.base_lr * self.step_factor**decays
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, iteration: int = 0) -> float:
+        """Set every parameter group's ``lr`` to :meth:`lr_at` and return it.
+
+        Args:
+            optimizer: The optimizer to update.
+            epoch: The epoch.
+            iteration: The step within the epoch.
+
+        Returns:
+            The learning rate set.
+        """
+        lr = self.lr_at(epoch, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """The configuration as plain values (loadable with ``weights_only=True``)."""
+        state = asdict(self)
+        state["step_epochs"] = list(self.step_epochs)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the configuration with one from :meth:`state_dict`.
+
+        Raises:
+            ValueError: The state is invalid.
+        """
+        restored = LRSchedule(**state)
+        for key, value in asdict(restored).items():
+            setattr(self, key, value)
