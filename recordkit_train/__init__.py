@@ -4,8 +4,9 @@ Written so far: the building blocks — :mod:`~recordkit_train.models` (ResNet v
 :mod:`~recordkit_train.precision` (fp16/bf16/fp32, the loss-scaling step),
 :mod:`~recordkit_train.optim` (SGD without decay on BN/biases, cosine and step schedules),
 :mod:`~recordkit_train.checkpoint` (atomic, ``weights_only`` loading, RNG state) and
-:mod:`~recordkit_train.metrics` (exact top-k counts). The training engine and the
-``recordkit-train`` commands come with the training issue.
+:mod:`~recordkit_train.metrics` (exact top-k counts), :mod:`~recordkit_train.engine` (train / evaluate, DDP through torchrun,
+checkpoints and resume) and ``recordkit-train run`` / ``eval``. Not yet: predict, export,
+the training demo, plots and TensorBoard.
 """
 
 __all__: list[str] = []

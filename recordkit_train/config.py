@@ -1,0 +1,198 @@
+"""The training recipe as one frozen dataclass, resolved against the device and world size.
+
+Defaults follow NVIDIA's ResNet-50 v1.5 recipe (DeepLearningExamples): 90 epochs, 256 images
+per rank, SGD momentum 0.875, weight decay 1/32768, learning rate 0.256 per 256 images scaled
+with the global batch, label smoothing 0.1, cosine decay after a 5-epoch warm-up. ``step``
+gives MXNet's ImageNet schedule (x0.1 at epochs 30 and 60, no warm-up by default).
+
+The engine writes :meth:`TrainConfig.to_dict` of the resolved configuration as ``config.json``
+in the output directory, so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recordkit.errors import RecordkitError
+from recordkit_train.models import ARCHS
+from recordkit_train.optim import SCHEDULES, scaled_lr
+from recordkit_train.precision import PRECISIONS, resolve_precision
+
+__all__ = ["BASE_LR", "ConfigError", "TrainConfig"]
+
+BASE_LR = 0.256
+"""Learning rate for a global batch of 256 images (scaled linearly with the batch)."""
+
+
+class ConfigError(RecordkitError):
+    """A training configuration that cannot run (bad value, too few records for one batch)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    ``None`` values are resolved by :meth:`resolved` (``precision``, ``lr``,
+    ``warmup_epochs``, ``channels_last``); the resolved configuration is what gets saved.
+
+    Attributes:
+        data: Shard directory (may be None with ``synthetic``).
+        out: Output directory for ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
+        arch: Model architecture (:data:`recordkit_train.models.ARCHS`).
+        epochs: Training length.
+        batch_size: Images per rank per step.
+        image_size: Training and validation crop side in pixels.
+        precision: ``fp16``, ``bf16``, ``fp32``; None: the device's default.
+        lr: Peak learning rate; None: ``base_lr * batch_size * world_size / 256``.
+        base_lr: Learning rate per 256 images, used when ``lr`` is None.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty on convolution and linear weights.
+        label_smoothing: Cross-entropy label smoothing.
+        lr_schedule: ``cosine`` or ``step``.
+        warmup_epochs: Linear warm-up length; None: 5 for cosine, 0 for step.
+        lr_step_epochs: ``step``: epochs at which the rate is multiplied by ``lr_factor``.
+        lr_factor: ``step``: the multiplier.
+        zero_init_residual: Zero the last BatchNorm scale of each residual block.
+        channels_last: NHWC memory format; None: on for CUDA, off otherwise.
+        workers: Loader workers per rank; None: the loader's default.
+        backend: Loader backend (``auto``, ``dali``, ``torch``).
+        seed: Base seed for initialisation, order and augmentation.
+        print_freq: Iterations between training log lines (and metric syncs).
+        eval_every: Validate every N epochs (and after the last).
+        resume: Output directory or checkpoint file to resume from.
+        iters: Steps for ``synthetic`` and ``test_io``.
+        synthetic: Train on random tensors made on the device (no data loading).
+        test_io: Only run the loader and report its throughput.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` and no cuDNN autotuning.
+    """
+
+    data: str | None = None
+    out: str = "runs/train"
+    arch: str = "resnet50"
+    epochs: int = 90
+    batch_size: int = 256
+    image_size: int = 224
+    precision: str | None = None
+    lr: float | None = None
+    base_lr: float = BASE_LR
+    momentum: float = 0.875
+    weight_decay: float = 3.0517578125e-05
+    label_smoothing: float = 0.1
+    lr_schedule: str = "cosine"
+    warmup_epochs: float | None = None
+    lr_step_epochs: tuple[int, ...] = field(default=(30, 60))
+    lr_factor: float = 0.1
+    zero_init_residual: bool = False
+    channels_last: bool | None = None
+    workers: int | None = None
+    backend: str = "auto"
+    seed: int = 0
+    print_freq: int = 10
+    eval_every: int = 1
+    resume: str | None = None
+    iters: int = 100
+    synthetic: bool = False
+    test_io: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the values.
+
+        Raises:
+            ConfigError: A value is out of range or unknown.
+        """
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
+            )
+        for name in ("epochs", "batch_size", "image_size", "print_freq", "eval_every", "iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.data is None and not self.synthetic:
+            raise ConfigError("data is required (or use synthetic)")
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        object.__setattr__(self, "lr_step_epochs", tuple(int(e) for e in self.lr_step_epochs))
+
+    def resolved(self, device: torch.device | str, world_size: int = 1) -> TrainConfig:
+        """Fill in the device- and world-dependent defaults.
+
+        Args:
+            device: Where training runs.
+            world_size: Number of ranks.
+
+        Returns:
+            A copy with ``precision``, ``lr``, ``warmup_epochs`` and ``channels_last`` set.
+
+        Raises:
+            ConfigError: The precision is not available on ``device``.
+        """
+        dev = torch.device(device)
+        try:
+            precision = resolve_precision(self.precision, dev)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        lr = self.lr
+        if lr is None:
+            lr = scaled_lr(self.base_lr, batch_size=self.batch_size, world_size=world_size)
+        warmup = self.warmup_epochs
+        if warmup is None:
+            warmup = min(5.0, float(self.epochs)) if self.lr_schedule == "cosine" else 0.0
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = dev.type == "cuda"
+        return dataclasses.replace(
+            self,
+            precision=precision,
+            lr=lr,
+            warmup_epochs=warmup,
+            channels_last=channels_last,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-able values (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["lr_step_epochs"] = list(self.lr_step_epochs)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild a configuration from :meth:`to_dict` (unknown keys are ignored).
+
+        Args:
+            values: The dict, e.g. from ``config.json`` or a checkpoint.
+
+        Returns:
+            The configuration.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in values.items() if k in names}
+        if "lr_step_epochs" in kept:
+            kept["lr_step_epochs"] = tuple(kept["lr_step_epochs"])
+        return cls(**kept)
+
+    def write_json(self, directory: str | Path) -> Path:
+        """Write ``config.json`` into ``directory`` (created if missing).
+
+        Args:
+            directory: The output directory.
+
+        Returns:
+            The file written.
+        """
+        path = Path(directory) / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path

@@ -1,0 +1,555 @@
+"""The training and evaluation engine: loaders, model, DDP, fp16 step, logs, checkpoints.
+
+Progress goes to the ``recordkit_train.engine`` logger in MXNet's style (the CLI gives it a
+plain ``%(message)s`` formatter), accuracies in percent::
+
+    train: epoch 0, iter 10, loss: 7.197, top_1: 0.000, top_k: 0.000, samples/s: 61.6
+    validation: epoch 0, top_1: 10.120, top_k: 27.480, samples: 50000, samples/s: 2200.1
+
+Outputs in ``config.out`` (written by rank 0): ``config.json`` (the resolved configuration),
+``metrics.jsonl`` (one JSON object per epoch), ``last.pt`` (every epoch) and ``best.pt`` (best
+validation top-1). Metrics stay on the device and are summed across ranks only every
+``print_freq`` iterations and at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import recordkit
+from recordkit_train import distributed
+from recordkit_train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    unwrap,
+)
+from recordkit_train.config import ConfigError, TrainConfig
+from recordkit_train.metrics import AccuracyMeter, LossMeter
+from recordkit_train.models import build_model
+from recordkit_train.optim import LRSchedule, build_optimizer
+from recordkit_train.precision import LossScaler, autocast, resolve_precision
+
+__all__ = ["evaluate", "evaluate_checkpoint", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: torch.device | str,
+    precision: str = "fp32",
+    ks: tuple[int, int] = (1, 5),
+) -> dict[str, float | int]:
+    """Top-k accuracy over every record of ``loader``, summed over all ranks.
+
+    The loader must yield each record exactly once over all ranks (``make_loader`` with
+    ``drop_last=False``, as for validation). Ranks may see different batch counts, so the
+    forward pass runs on the unwrapped model and only one all-reduce happens, at the end; call
+    this on every rank.
+
+    Args:
+        model: The model (DDP-wrapped or not).
+        loader: Yields ``(images, labels)``.
+        device: Where the model runs.
+        precision: Autocast precision for the forward pass.
+        ks: The two ``k`` values reported as ``top1`` / ``top5`` style keys.
+
+    Returns:
+        ``{"top1": %, "top5": %, "samples": N, "samples_per_s": ...}`` (keys follow ``ks``;
+        accuracies are NaN when there are no samples).
+    """
+    dev = torch.device(device)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    meter = AccuracyMeter(ks=ks, device=dev)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for images, labels in loader:
+            images = images.to(dev, non_blocking=True)
+            labels = labels.to(dev, non_blocking=True)
+            with autocast(precision, dev):
+                logits = net(images)
+            meter.update(logits.float(), labels)
+    meter.all_reduce()
+    result = meter.compute()
+    _sync(dev)
+    elapsed = time.perf_counter() - start
+    result["samples_per_s"] = result["samples"] / elapsed if elapsed > 0 else 0.0
+    net.train(was_training)
+    return result
+
+
+def _make_loaders(
+    cfg: TrainConfig, ds: recordkit.Dataset, device: torch.device
+) -> tuple[Any, Any | None]:
+    common: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "backend": cfg.backend,
+        "device": device,
+        "channels_last": bool(cfg.channels_last),
+        "num_workers": cfg.workers,
+        "seed": cfg.seed,
+    }
+    if "train" not in ds:
+        raise ConfigError(f"{cfg.data} has no 'train' split (splits: {', '.join(ds)})")
+    train_loader = recordkit.make_loader(ds, "train", train=True, drop_last=True, **common)
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"the train split has {len(ds['train'])} records: fewer than one batch of "
+            f"{cfg.batch_size} per rank"
+        )
+    val_loader = None
+    if "val" in ds and len(ds["val"]) > 0:
+        val_loader = recordkit.make_loader(
+            ds, "val", train=False, drop_last=False, shuffle=False, **common
+        )
+    else:
+        logger.warning("%s has no validation records: no validation, no best.pt", cfg.data)
+    return train_loader, val_loader
+
+
+def _train_epoch(
+    *,
+    cfg: TrainConfig,
+    env: distributed.DistEnv,
+    epoch: int,
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    scaler: LossScaler,
+    criterion: nn.Module,
+) -> dict[str, float]:
+    device = env.device
+    precision = str(cfg.precision)
+    model.train()
+    loader.set_epoch(epoch)
+    window_loss = LossMeter(device)
+    window_acc = AccuracyMeter(device=device)
+    epoch_loss = LossMeter(device)
+    lr = schedule.lr_at(epoch, 0)
+    start = window_start = time.perf_counter()
+    window_n = total_n = 0
+    for i, (images, labels) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        lr = schedule.apply(optimizer, epoch, i)
+        with autocast(precision, device):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.step(loss, optimizer)
+        n = images.shape[0]
+        window_loss.update(loss, n)
+        window_acc.update(logits.float(), labels)
+        epoch_loss.update(loss, n)
+        window_n += n
+        total_n += n
+        if (i + 1) % cfg.print_freq == 0:
+            window_loss.all_reduce()
+            window_acc.all_reduce()
+            stats = window_loss.compute()
+            acc = window_acc.compute()
+            elapsed = time.perf_counter() - window_start
+            logger.info(
+                "train: epoch %d, iter %d, loss: %.3f, top_1: %.3f, top_k: %.3f, samples/s: %.1f",
+                epoch,
+                i + 1,
+                stats["loss"],
+                acc["top1"],
+                acc["top5"],
+                window_n * env.world_size / elapsed if elapsed > 0 else 0.0,
+            )
+            window_loss.reset()
+            window_acc.reset()
+            window_n = 0
+            window_start = time.perf_counter()
+    epoch_loss.all_reduce()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": float(epoch_loss.compute()["loss"]),
+        "lr": lr,
+        "samples_per_s": total_n * env.world_size / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def _trim_metrics(path: Path, start_epoch: int) -> None:
+    """Keep only the rows of epochs before ``start_epoch`` (a fresh run keeps none)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(row, dict) and int(row.get("epoch", start_epoch)) < start_epoch:
+            kept.append(line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
+
+
+def _resume_path(resume: str) -> Path:
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def _run_synthetic(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int) -> dict[str, Any]:
+    device = env.device
+    precision = str(cfg.precision)
+    model: nn.Module = build_model(
+        cfg.arch,
+        num_classes,
+        zero_init_residual=cfg.zero_init_residual,
+        channels_last=bool(cfg.channels_last),
+    ).to(device)
+    if env.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(
+        model, lr=float(cfg.lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    scaler = LossScaler(precision, device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    images = images.contiguous(memory_format=fmt)
+    labels = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
+    warmup = min(5, cfg.iters // 5)
+    start = time.perf_counter()
+    model.train()
+    for i in range(cfg.iters):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        with autocast(precision, device):
+            loss = criterion(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.step(loss, optimizer)
+        if (i + 1) % cfg.print_freq == 0:
+            logger.info("synthetic: iter %d, loss: %.3f", i + 1, float(loss.detach()))
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    timed = cfg.iters - warmup
+    rate = timed * cfg.batch_size * env.world_size / elapsed if elapsed > 0 else 0.0
+    logger.info(
+        "synthetic: %s %s batch %d x %d ranks, samples/s: %.1f",
+        cfg.arch,
+        precision,
+        cfg.batch_size,
+        env.world_size,
+        rate,
+    )
+    return {"samples_per_s": rate, "iters": cfg.iters}
+
+
+def _run_test_io(
+    cfg: TrainConfig, env: distributed.DistEnv, ds: recordkit.Dataset
+) -> dict[str, Any]:
+    train_loader, _ = _make_loaders(cfg, ds, env.device)
+    seen = 0
+    epoch = 0
+    start = time.perf_counter()
+    while seen < cfg.iters:
+        train_loader.set_epoch(epoch)
+        for _images, _labels in train_loader:
+            seen += 1
+            if seen % cfg.print_freq == 0:
+                elapsed = time.perf_counter() - start
+                logger.info(
+                    "test-io: iter %d, samples/s: %.1f",
+                    seen,
+                    seen * cfg.batch_size * env.world_size / elapsed,
+                )
+            if seen >= cfg.iters:
+                break
+        epoch += 1
+    _sync(env.device)
+    elapsed = time.perf_counter() - start
+    rate = seen * cfg.batch_size * env.world_size / elapsed if elapsed > 0 else 0.0
+    logger.info("test-io: %d batches, samples/s: %.1f", seen, rate)
+    return {"samples_per_s": rate, "iters": seen}
+
+
+def train(config: TrainConfig, *, device: str | None = None) -> dict[str, Any]:
+    """Run a training job (or the synthetic / test-io benchmark it describes).
+
+    Under torchrun (``WORLD_SIZE > 1``) every rank calls this; rank 0 writes the outputs.
+
+    Args:
+        config: The recipe; None values are resolved for the device and world size.
+        device: ``"cuda"`` or ``"cpu"``; default CUDA when available.
+
+    Returns:
+        For training: ``{"out", "epochs", "best_top1", "last"}`` with ``last`` the final
+        ``metrics.jsonl`` row. For ``synthetic`` / ``test_io``: ``{"samples_per_s", "iters"}``.
+
+    Raises:
+        ConfigError: The configuration cannot run on this data.
+        recordkit.RecordkitError: The data or the checkpoint to resume from is unusable.
+    """
+    env = distributed.setup(device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, env)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        distributed.cleanup(env)
+
+
+def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
+    cfg = config.resolved(env.device, env.world_size)
+    device = env.device
+    _seed_everything(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if cfg.synthetic:
+        classes = recordkit.open(cfg.data).classes if cfg.data else None
+        return _run_synthetic(cfg, env, len(classes) if classes else 1000)
+    ds = recordkit.open(str(cfg.data))
+    if cfg.test_io:
+        return _run_test_io(cfg, env, ds)
+    classes = list(ds.classes)
+    if not classes:
+        raise ConfigError(f"{cfg.data} lists no classes")
+    train_loader, val_loader = _make_loaders(cfg, ds, device)
+    precision = str(cfg.precision)
+    model: nn.Module = build_model(
+        cfg.arch,
+        len(classes),
+        zero_init_residual=cfg.zero_init_residual,
+        channels_last=bool(cfg.channels_last),
+    ).to(device)
+    optimizer = build_optimizer(
+        model, lr=float(cfg.lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    schedule = LRSchedule(
+        cfg.lr_schedule,
+        base_lr=float(cfg.lr),
+        epochs=cfg.epochs,
+        iters_per_epoch=len(train_loader),
+        warmup_epochs=float(cfg.warmup_epochs or 0.0),
+        step_epochs=cfg.lr_step_epochs,
+        step_factor=cfg.lr_factor,
+    )
+    scaler = LossScaler(precision, device)
+    start_epoch = 0
+    best: float | None = None
+    if cfg.resume:
+        state = load_checkpoint(_resume_path(cfg.resume), map_location=device)
+        missing = {"model", "optimizer", "schedule", "epoch"} - set(state)
+        if missing:
+            raise ConfigError(
+                f"{_resume_path(cfg.resume)} cannot be resumed from: "
+                f"no {', '.join(sorted(missing))}"
+            )
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state.get("scaler") or {})
+        if state["schedule"] != schedule.state_dict():
+            logger.warning(
+                "the checkpoint's LR schedule differs from this configuration's; "
+                "continuing with the checkpoint's: %s",
+                state["schedule"],
+            )
+        schedule.load_state_dict(state["schedule"])
+        start_epoch = int(state["epoch"])
+        best = state.get("best_metric")
+        if state.get("rng"):
+            restore_rng(state["rng"])
+        logger.info("resumed from %s at epoch %d", _resume_path(cfg.resume), start_epoch)
+    if env.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    out = Path(cfg.out)
+    if env.is_main:
+        cfg.write_json(out)
+        _trim_metrics(out / "metrics.jsonl", start_epoch)
+        logger.info(
+            "training %s on %d classes: %d ranks x %d images, %d iters/epoch, lr %.4g, %s, %s",
+            cfg.arch,
+            len(classes),
+            env.world_size,
+            cfg.batch_size,
+            len(train_loader),
+            cfg.lr,
+            precision,
+            device,
+        )
+    last: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = _train_epoch(
+            cfg=cfg,
+            env=env,
+            epoch=epoch,
+            model=model,
+            loader=train_loader,
+            optimizer=optimizer,
+            schedule=schedule,
+            scaler=scaler,
+            criterion=criterion,
+        )
+        row: dict[str, Any] = {"epoch": epoch, **stats}
+        row.update(val_top1=None, val_top5=None, val_samples=0)
+        validate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        improved = False
+        if val_loader is not None and validate:
+            distributed.broadcast_buffers(unwrap(model))
+            val = evaluate(model, val_loader, device=device, precision=precision)
+            row.update(
+                val_top1=_finite_or_none(float(val["top1"])),
+                val_top5=_finite_or_none(float(val["top5"])),
+                val_samples=int(val["samples"]),
+            )
+            logger.info(
+                "validation: epoch %d, top_1: %.3f, top_k: %.3f, samples: %d, samples/s: %.1f",
+                epoch,
+                val["top1"],
+                val["top5"],
+                val["samples"],
+                val["samples_per_s"],
+            )
+            top1 = row["val_top1"]
+            if top1 is not None and (best is None or top1 > best):
+                best, improved = top1, True
+        if env.is_main:
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            state = {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "schedule": schedule.state_dict(),
+                "epoch": epoch + 1,
+                "best_metric": best,
+                "config": cfg.to_dict(),
+                "classes": classes,
+                "rng": capture_rng(),
+            }
+            save_checkpoint(out / "last.pt", state)
+            if improved:
+                save_checkpoint(out / "best.pt", state)
+        distributed.barrier()
+        last = row
+    return {"out": str(out), "epochs": cfg.epochs, "best_top1": best, "last": last}
+
+
+def evaluate_checkpoint(
+    data: str | Path,
+    checkpoint: str | Path,
+    *,
+    split: str = "val",
+    batch_size: int = 256,
+    backend: str = "auto",
+    workers: int | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Score a training checkpoint on a split (the ``eval`` command); torchrun-aware.
+
+    Args:
+        data: Shard directory.
+        checkpoint: A ``last.pt`` / ``best.pt`` written by :func:`train`.
+        split: Split to score.
+        batch_size: Images per rank per batch.
+        backend: Loader backend.
+        workers: Loader workers; None: the loader's default.
+        precision: Forward precision; None: the checkpoint's training precision if the device
+            supports it, else the device's default.
+        device: ``"cuda"`` or ``"cpu"``; default CUDA when available.
+
+    Returns:
+        ``{"top1", "top5", "samples", "samples_per_s", "split", "arch", "epoch"}``.
+
+    Raises:
+        recordkit_train.checkpoint.CheckpointError: The checkpoint is missing or unsafe.
+        ConfigError: It does not match the data (class count) or lacks its configuration.
+        recordkit.RecordkitError: The data is unusable.
+    """
+    env = distributed.setup(device)
+    try:
+        state = load_checkpoint(checkpoint, map_location="cpu")
+        if "model" not in state or "config" not in state:
+            raise ConfigError(f"{checkpoint} is not a recordkit-train checkpoint")
+        cfg = TrainConfig.from_dict({**state["config"], "data": str(data), "resume": None})
+        ds = recordkit.open(str(data))
+        if split not in ds:
+            raise ConfigError(f"{data} has no split {split!r} (splits: {', '.join(ds)})")
+        classes = list(state.get("classes") or [])
+        if classes and len(classes) != len(ds.classes):
+            raise ConfigError(
+                f"{checkpoint} was trained on {len(classes)} classes, {data} has {len(ds.classes)}"
+            )
+        if classes and classes != list(ds.classes):
+            logger.warning("class names differ between %s and %s", checkpoint, data)
+        requested = precision or cfg.precision
+        if precision is None and cfg.precision == "fp16" and env.device.type != "cuda":
+            requested = None  # an fp16 CUDA run scored on the CPU: the CPU's default
+        try:
+            prec = resolve_precision(requested, env.device)
+        except ValueError:
+            prec = resolve_precision(None, env.device)
+        model = build_model(cfg.arch, len(ds.classes), channels_last=bool(cfg.channels_last))
+        model.load_state_dict(state["model"])
+        model.to(env.device)
+        loader = recordkit.make_loader(
+            ds,
+            split,
+            batch_size=batch_size,
+            image_size=cfg.image_size,
+            backend=backend,
+            device=env.device,
+            channels_last=bool(cfg.channels_last),
+            train=False,
+            drop_last=False,
+            shuffle=False,
+            num_workers=workers,
+        )
+        result: dict[str, Any] = dict(evaluate(model, loader, device=env.device, precision=prec))
+        result.update(split=split, arch=cfg.arch, epoch=int(state.get("epoch", 0)))
+        logger.info(
+            "validation: split %s, top_1: %.3f, top_k: %.3f, samples: %d, samples/s: %.1f",
+            split,
+            result["top1"],
+            result["top5"],
+            result["samples"],
+            result["samples_per_s"],
+        )
+        return result
+    finally:
+        distributed.cleanup(env)
