@@ -7,9 +7,10 @@ plain ``%(message)s`` formatter), accuracies in percent::
     validation: epoch 0, top_1: 10.120, top_k: 27.480, samples: 50000, samples/s: 2200.1
 
 Outputs in ``config.out`` (written by rank 0): ``config.json`` (the resolved configuration),
-``metrics.jsonl`` (one JSON object per epoch), ``last.pt`` (every epoch) and ``best.pt`` (best
-validation top-1). Metrics stay on the device and are summed across ranks only every
-``print_freq`` iterations and at the end of an epoch.
+``metrics.jsonl`` (one JSON object per epoch), ``last.pt`` (every epoch), ``best.pt`` (best
+validation top-1) and, at the end, ``metrics.png`` (loss and top-1/top-5 per epoch, see
+:mod:`recordkit_train.plot`). Metrics stay on the device and are summed across ranks only
+every ``print_freq`` iterations and at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from recordkit_train.config import ConfigError, TrainConfig
 from recordkit_train.metrics import AccuracyMeter, LossMeter
 from recordkit_train.models import build_model
 from recordkit_train.optim import LRSchedule, build_optimizer
+from recordkit_train.plot import plot_metrics
 from recordkit_train.precision import LossScaler, autocast, resolve_precision
 
 __all__ = ["evaluate", "evaluate_checkpoint", "train"]
@@ -466,6 +468,11 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
                 save_checkpoint(out / "best.pt", state)
         distributed.barrier()
         last = row
+    if env.is_main:
+        try:
+            plot_metrics(out / "metrics.jsonl", out / "metrics.png")
+        except (OSError, ValueError) as exc:  # a plot never fails a finished run
+            logger.warning("could not draw %s: %s", out / "metrics.png", exc)
     return {"out": str(out), "epochs": cfg.epochs, "best_top1": best, "last": last}
 
 
