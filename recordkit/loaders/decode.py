@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from recordkit.errors import RecordkitError
@@ -80,7 +80,9 @@ def decode_rgb(record: Record) -> torch.Tensor:
             arr = np.asarray(pil_rgb(record))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             name = record.filename or "record"
-            raise RecordkitError(f"{name}: cannot decode image ({exc})") from None
+            # Pillow names the BytesIO object ("cannot identify image file <_io.BytesIO …>").
+            why = "unknown image format" if isinstance(exc, UnidentifiedImageError) else exc
+            raise RecordkitError(f"{name}: cannot decode image ({why})") from None
     elif _IMREAD_RGB is None:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     return torch.from_numpy(arr).permute(2, 0, 1)
