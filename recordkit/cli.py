@@ -481,6 +481,118 @@ def pack_cmd(
     click.echo(result.summary())
 
 
+# --- convert-rec -----------------------------------------------------------------------------
+def _parse_convert_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from recordkit.convert.options import parse_size
+
+    try:
+        return parse_size(value)
+    except RecordkitError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("convert-rec", context_settings=CONTEXT_SETTINGS)
+@click.argument("rec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--idx",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The .rec's index (key<TAB>offset): read the records it lists, in its order. "
+    "Without it every record is read in file order.",
+)
+@click.option(
+    "--lst",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The im2rec .lst the .rec was made from: file names, and class names from each "
+    "label's folder. Checked against the records' ids and labels.",
+)
+@click.option(
+    "--classes",
+    "class_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Class names: one per line in label order, or im2rec's 'name label' table. "
+    "Overrides names from --lst. [default: from --lst, else 0, 1, ...]",
+)
+@click.option("--split", default="train", show_default=True, help="Split name of the records.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("shards"),
+    show_default=True,
+    help="Shard directory; other splits already in it are kept.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Records per shard (overrides --shard-bytes).",
+)
+@click.option(
+    "--shard-bytes",
+    default="128MiB",
+    show_default=True,
+    callback=_parse_convert_bytes,
+    help="Target shard size.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the split if OUT already holds it.")
+@click.option(
+    "--strict", is_flag=True, help="Stop at a record that is not a JPEG/PNG (default: skip it)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no list of skipped records.")
+@user_errors
+def convert_rec_cmd(
+    rec: Path,
+    idx: Path | None,
+    lst: Path | None,
+    class_file: Path | None,
+    split: str,
+    out: Path,
+    shard_size: int | None,
+    shard_bytes: int,
+    overwrite: bool,
+    strict: bool,
+    quiet: bool,
+) -> None:
+    """Convert an MXNet RecordIO file REC (made by im2rec) into TFRecord shards.
+
+    Image bytes are copied unchanged (no re-encode), with every label, the record id as
+    image/index, and format and size read from the image header. Writes
+    OUT/{split}-{i:05d}-of-{n:05d}.tfrecord + .idx and, last, OUT/recordkit.json. A damaged
+    .rec stops with the byte offset and leaves nothing behind. See docs/CONVERT.md.
+
+    \b
+    recordkit convert-rec mydata.rec --out shards/
+    recordkit convert-rec mydata_val.rec --idx mydata_val.idx --lst mydata_val.lst --split val
+    """
+    from recordkit.convert import ConvertOptions, convert_rec
+
+    options = ConvertOptions(
+        out=out,
+        split=split,
+        shard_size=shard_size,
+        shard_bytes=shard_bytes,
+        overwrite=overwrite,
+        strict=strict,
+    )
+    with _progress_bar(0, "rec", "convert", quiet=quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        result = convert_rec(rec, options, idx=idx, lst=lst, classes=class_file, progress=progress)
+    if not quiet:
+        for s in result.skipped[:20]:
+            click.echo(f"skipped {s['path']} (offset {s['offset']}): {s['reason']}", err=True)
+        if len(result.skipped) > 20:
+            click.echo(f"... and {len(result.skipped) - 20} more (see the manifest)", err=True)
+    click.echo(result.summary())
+
+
 # --- bench -----------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -1,0 +1,48 @@
+"""Import datasets in foreign formats: MXNet RecordIO (``.rec`` / ``.idx``) → recordkit shards.
+
+>>> from recordkit.convert import ConvertOptions, convert_rec, read_rec  # doctest: +SKIP
+>>> res = convert_rec("data.rec", ConvertOptions(out="shards"), idx="data.idx",
+...                   lst="data.lst")                                    # doctest: +SKIP
+>>> print(res.summary())                                                 # doctest: +SKIP
+>>> for r in read_rec("data.rec"):                                       # doctest: +SKIP
+...     print(r.id, r.labels, len(r.image))
+
+Modules: :mod:`~recordkit.convert.mxnet_rec` (the RecordIO reader, byte layout in its
+docstring), :mod:`~recordkit.convert.imageinfo` (JPEG/PNG header probe),
+:mod:`~recordkit.convert.options` (options, result, error),
+:mod:`~recordkit.convert.rec_to_shards` (the conversion). Needs neither torch, DALI nor OpenCV.
+User documentation: ``docs/CONVERT.md``.
+"""
+
+from recordkit.convert.mxnet_rec import (
+    RecFormatError,
+    RecHeader,
+    RecRecord,
+    read_idx,
+    read_rec,
+    scan_rec_headers,
+)
+from recordkit.convert.options import (
+    DEFAULT_SHARD_BYTES,
+    ConvertError,
+    ConvertOptions,
+    ConvertResult,
+    parse_size,
+)
+from recordkit.convert.rec_to_shards import convert_rec, read_class_names
+
+__all__ = [
+    "DEFAULT_SHARD_BYTES",
+    "ConvertError",
+    "ConvertOptions",
+    "ConvertResult",
+    "RecFormatError",
+    "RecHeader",
+    "RecRecord",
+    "convert_rec",
+    "parse_size",
+    "read_class_names",
+    "read_idx",
+    "read_rec",
+    "scan_rec_headers",
+]
