@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ def build_optimizer(
     momentum: float = 0.875,
     weight_decay: float = 3.0517578125e-05,
     nesterov: bool = False,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> torch.optim.SGD:
     """SGD with weight decay on weights only.
 
@@ -64,28 +65,41 @@ def build_optimizer(
     linear biases) get no weight decay; the others (convolution and linear weights) get
     ``weight_decay``. Frozen parameters (``requires_grad=False``) are left out.
 
+    With ``lr_scale`` the groups are further split by learning-rate multiplier; each group
+    then carries it as ``"lr_scale"``, which :meth:`LRSchedule.apply` honours (fine-tuning
+    with a slower backbone, :mod:`recordkit_train.pretrained`).
+
     Args:
         model: The model (unwrapped or not; parameters are what counts).
         lr: Initial learning rate (a schedule usually overwrites it every step).
         momentum: SGD momentum.
         weight_decay: L2 penalty for the decayed group.
         nesterov: Use Nesterov momentum.
+        lr_scale: ``parameter name -> learning-rate multiplier``; None: 1 for all.
 
     Returns:
         The optimizer, with the decayed group first and the undecayed one second (a group
-        with no parameters is left out).
+        with no parameters is left out); with ``lr_scale``, those two per multiplier, in
+        order of first appearance.
     """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for param in model.parameters():
+    scales: dict[int, float] = {}
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)
-    groups: list[dict[str, Any]] = [
-        {"params": params, "weight_decay": wd}
-        for params, wd in ((decay, weight_decay), (no_decay, 0.0))
-        if params
-    ]
+        if lr_scale is not None:
+            scales[id(param)] = float(lr_scale(name))
+    groups: list[dict[str, Any]] = []
+    for scale in dict.fromkeys(scales.values()) if lr_scale is not None else [None]:
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            chosen = [p for p in params if scale is None or scales[id(p)] == scale]
+            if chosen:
+                group: dict[str, Any] = {"params": chosen, "weight_decay": wd}
+                if scale is not None:
+                    group["lr_scale"] = scale
+                groups.append(group)
     logger.debug("SGD: %d decayed and %d undecayed parameter tensors", len(decay), len(no_decay))
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
@@ -189,7 +203,7 @@ class LRSchedule:
         return self.base_lr * self.step_factor**decays
 
     def apply(self, optimizer: torch.optim.Optimizer, epoch: int, iteration: int = 0) -> float:
-        """Set every parameter group's ``lr`` to :meth:`lr_at` and return it.
+        """Set every parameter group's ``lr`` to :meth:`lr_at` (times its ``lr_scale``, if any).
 
         Args:
             optimizer: The optimizer to update.
@@ -201,7 +215,7 @@ class LRSchedule:
         """
         lr = self.lr_at(epoch, iteration)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def state_dict(self) -> dict[str, Any]:
