@@ -8,16 +8,41 @@ under ``torchrun --nproc-per-node N -m recordkit_train run …``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from recordkit import __version__
 from recordkit.cli import user_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rank_errors(fn: F) -> F:
+    """Under torchrun, end a rank whose peer failed with one ``Error: rank r of n …`` line.
+
+    See :func:`recordkit_train.distributed.guard_rank`; a no-op for a single process.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from recordkit_train.distributed import RankFailure, guard_rank
+
+        try:
+            with guard_rank():
+                return fn(*args, **kwargs)
+        except RankFailure as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -103,13 +128,42 @@ def main(verbose: int) -> None:
     default=None,
     help="Run directory (its last.pt) or checkpoint file to continue from.",
 )
+@click.option(
+    "--pretrained",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Fine-tune from a recordkit-train checkpoint or a torchvision state_dict .pth: "
+    "matching tensors are loaded, fc is re-initialised when the classes differ. "
+    "Ignored with --resume (the resumed checkpoint has the weights).",
+)
+@click.option("--freeze-backbone", is_flag=True, help="Train only the classifier (fc).")
+@click.option(
+    "--backbone-lr-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="LR multiplier for all layers but fc (e.g. 0.1 when fine-tuning).",
+)
 @click.option("--synthetic", is_flag=True, help="Train on random tensors: compute speed only.")
 @click.option("--test-io", is_flag=True, help="Only read batches: loader speed only.")
 @click.option(
     "--iters", type=click.IntRange(min=1), default=100, show_default=True, help="For benchmarks."
 )
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms (slower).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only)."
+)
+@click.option(
+    "--tensorboard", is_flag=True, help="Also log to OUT/tensorboard (needs tensorboard)."
+)
+@click.option(
+    "--dist-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for a silent rank before failing (default: PyTorch's, 10-30 min).",
+)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
+@rank_errors
 @user_errors
 def run_cmd(
     data: Path | None,
@@ -149,6 +203,7 @@ def run_cmd(
 @click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default=None)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@rank_errors
 @user_errors
 def eval_cmd(
     data: Path,
@@ -176,3 +231,147 @@ def eval_cmd(
     )
     if as_json and os.environ.get("RANK", "0") == "0":
         click.echo(json.dumps(result))
+
+
+@main.command("demo", context_settings=CONTEXT_SETTINGS)
+@click.argument("work", type=click.Path(path_type=Path), default=Path("demo"))
+@click.option("--per-class", type=click.IntRange(min=2), default=200, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=56, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
+@user_errors
+def demo_cmd(work: Path, **options: object) -> None:
+    """Draw a small shapes data set in WORK, then list, pack, train, eval and predict.
+
+    Runs in a few minutes on a laptop CPU and fails (exit 1) unless the model reaches 90 %
+    validation top-1.
+    """
+    from recordkit_train.demo import DemoSettings, run_demo
+
+    run_demo(work, DemoSettings(**options))  # type: ignore[arg-type]
+
+
+@main.command("predict", context_settings=CONTEXT_SETTINGS)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), required=True, help="best.pt or last.pt."
+)
+@click.option(
+    "--topk", type=click.IntRange(min=1), default=1, show_default=True, help="Classes per image."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads.")
+@click.option(
+    "--exts", default=".jpg,.jpeg,.png", show_default=True, help="Image types taken from folders."
+)
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
+@user_errors
+def predict_cmd(
+    inputs: tuple[Path, ...],
+    checkpoint: Path,
+    topk: int,
+    as_json: bool,
+    batch_size: int,
+    workers: int | None,
+    exts: str,
+    device: str | None,
+) -> None:
+    """Classify image files and folders (recursively) with the validation preprocessing.
+
+    \b
+    Prints, per image and class, most probable first (--topk lines per image):
+      PATH<TAB>PROBABILITY<TAB>CLASS
+    or with --json one object per image:
+      {"path", "class", "index", "prob", "topk": [{"class", "index", "prob"}, ...]}
+    Unreadable images are reported on stderr and the others still run; the exit code is 1 if
+    any image failed.
+    """
+    from recordkit_train.predict import Prediction, Predictor, find_images
+
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    paths = find_images(inputs, exts)
+    if not paths:
+        raise click.ClickException(f"no images with extensions {exts} under the given paths")
+    failed = 0
+    for result in predictor.predict(paths, topk=topk, batch_size=batch_size, workers=workers):
+        if not isinstance(result, Prediction):
+            failed += 1
+            click.echo(f"Error: {result.reason}", err=True)
+        elif as_json:
+            click.echo(json.dumps(result.to_dict()))
+        else:
+            for prob, name in zip(result.probs, result.classes, strict=True):
+                click.echo(f"{result.path}\t{prob:.8f}\t{name}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(paths)} images could not be classified")
+
+
+@main.command("export", context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), required=True, help="best.pt or last.pt."
+)
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True)
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="Default: torch's.")
+@click.option("--check", is_flag=True, help="Compare the file with PyTorch (onnxruntime).")
+@click.option("--check-only", is_flag=True, help="Do not export: check an existing --onnx file.")
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Image files for the check (repeatable); default: three drawn images.",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=1e-3,
+    show_default=True,
+    help="Tolerance, absolute part.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="Tolerance, relative part (times the largest |logit|).",
+)
+@user_errors
+def export_cmd(
+    checkpoint: Path,
+    onnx_path: Path,
+    opset: int | None,
+    check: bool,
+    check_only: bool,
+    images: tuple[Path, ...],
+    atol: float,
+    rtol: float,
+) -> None:
+    """Export a checkpoint to ONNX: uint8 RGB NCHW `images` in, float32 `logits` out.
+
+    \b
+    Input `images`: uint8 (batch, 3, S, S), the validation crop (S = the checkpoint's image
+    size); normalization is inside the graph. Output `logits`: float32 (batch, classes).
+    --check runs onnxruntime on a random batch and on images (--images, else three drawn
+    ones) and fails (exit 1) when a logit differs from PyTorch's by more than
+    atol + rtol x (the batch's largest |logit|), or top-1 differs on an input whose two best
+    PyTorch logits are more than twice that apart. Needs: pip install 'recordkit[onnx]'.
+    """
+    from recordkit_train.export import check_onnx, export_onnx
+
+    if not check_only:
+        done = export_onnx(checkpoint, onnx_path, opset=opset)
+        click.echo(
+            f"wrote {done.path}: opset {done.opset}, input images uint8 "
+            f"(batch, 3, {done.image_size}, {done.image_size}), output logits float32 "
+            f"(batch, {len(done.classes)}), {done.seconds:.1f} s"
+        )
+    if check or check_only:
+        results = check_onnx(onnx_path, checkpoint, images=images, atol=atol, rtol=rtol)
+        for result in results:
+            click.echo(f"check {result.summary()}")
+        if not all(r.passed for r in results):
+            raise click.ClickException(f"{onnx_path} does not match {checkpoint}")
+        click.echo(f"check passed: {onnx_path} matches {checkpoint}")

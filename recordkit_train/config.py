@@ -66,10 +66,18 @@ class TrainConfig:
         print_freq: Iterations between training log lines (and metric syncs).
         eval_every: Validate every N epochs (and after the last).
         resume: Output directory or checkpoint file to resume from.
+        pretrained: Weights to fine-tune from (checkpoint or state dict; see
+            :mod:`recordkit_train.pretrained`); not read when resuming.
+        freeze_backbone: Train only the classifier (``fc``).
+        backbone_lr_scale: Learning-rate multiplier for everything but the classifier.
         iters: Steps for ``synthetic`` and ``test_io``.
         synthetic: Train on random tensors made on the device (no data loading).
         test_io: Only run the loader and report its throughput.
         deterministic: ``torch.use_deterministic_algorithms(True)`` and no cuDNN autotuning.
+        progress: A progress bar per epoch on rank 0; None: when stderr is a terminal.
+        tensorboard: Also write TensorBoard scalars to ``<out>/tensorboard``.
+        dist_timeout: Seconds a collective waits for the other ranks before this rank gives
+            up (a hung rank); None: PyTorch's default (10 min NCCL, 30 min gloo).
     """
 
     data: str | None = None
@@ -96,10 +104,16 @@ class TrainConfig:
     print_freq: int = 10
     eval_every: int = 1
     resume: str | None = None
+    pretrained: str | None = None
+    freeze_backbone: bool = False
+    backbone_lr_scale: float = 1.0
     iters: int = 100
     synthetic: bool = False
     test_io: bool = False
     deterministic: bool = False
+    progress: bool | None = None
+    tensorboard: bool = False
+    dist_timeout: float | None = None
 
     def __post_init__(self) -> None:
         """Check the values.
@@ -124,6 +138,12 @@ class TrainConfig:
             raise ConfigError("data is required (or use synthetic)")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.dist_timeout is not None and not self.dist_timeout > 0:
+            raise ConfigError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError(f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
+        if self.freeze_backbone and self.backbone_lr_scale != 1.0:
+            raise ConfigError("freeze_backbone and backbone_lr_scale exclude each other")
         object.__setattr__(self, "lr_step_epochs", tuple(int(e) for e in self.lr_step_epochs))
 
     def resolved(self, device: torch.device | str, world_size: int = 1) -> TrainConfig:

@@ -6,8 +6,13 @@ the CPU. Without torchrun everything here degrades to a single process (rank 0 o
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import os
+import signal
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +24,8 @@ __all__ = [
     "barrier",
     "broadcast_buffers",
     "cleanup",
+    "RankFailure",
+    "guard_rank",
     "is_initialized",
     "is_main",
     "setup",
@@ -66,12 +73,15 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def setup(device: str | None = None) -> DistEnv:
+def setup(device: str | None = None, *, timeout: float | None = None) -> DistEnv:
     """Read torchrun's environment, pick the device and start the process group if needed.
 
     Args:
         device: ``"cuda"``, ``"cpu"`` or None (CUDA when available). On CUDA the device is
             ``cuda:LOCAL_RANK``, made current.
+        timeout: Seconds a collective may wait for the other ranks before this rank fails
+            (None: PyTorch's default, 10 minutes for NCCL and 30 for gloo). A rank that hangs
+            rather than dies is noticed only through this.
 
     Returns:
         The process's :class:`DistEnv`. Ranks other than 0 have the ``recordkit`` and
@@ -94,7 +104,9 @@ def setup(device: str | None = None) -> DistEnv:
     owns = False
     if world > 1 and not is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        kwargs: dict = {"device_id": dev} if dev.type == "cuda" else {}
+        if timeout is not None:
+            kwargs["timeout"] = datetime.timedelta(seconds=timeout)
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
         owns = True
         logger.debug("rank %d/%d: %s process group on %s", rank, world, backend, dev)
@@ -153,3 +165,100 @@ def cleanup(env: DistEnv | None = None) -> None:
     """
     if is_initialized() and (env is None or env.owns_group):
         dist.destroy_process_group()
+
+
+class RankFailure(RuntimeError):
+    """This rank stopped because another rank failed (its own state is fine)."""
+
+
+# What gloo, NCCL and the TCP store say when a peer process is gone or stuck: a backend
+# marker and a symptom must both appear, so that e.g. a DataLoader timeout is not mistaken.
+_BACKENDS = ("gloo", "nccl", "c10d", "tcpstore", "process group")
+_SYMPTOMS = (
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "connection refused",
+    "timed out",
+    "aborted",
+)
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank died or hung."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return (
+        isinstance(exc, RuntimeError)
+        and any(b in text for b in _BACKENDS)
+        and any(s in text for s in _SYMPTOMS)
+    )
+
+
+@contextlib.contextmanager
+def guard_rank() -> Iterator[None]:
+    """Make a distributed failure end this rank with one clear line instead of a hang or a
+    traceback in every rank's log.
+
+    Under ``WORLD_SIZE > 1``:
+
+    - a collective that fails because another rank died (connection reset) or stopped
+      answering (the process-group timeout) raises :class:`RankFailure`:
+      ``rank 0 of 2 stopped: lost contact with another rank (…); the first rank to fail
+      has the cause in its log``;
+    - ``SIGTERM`` — what torchrun sends the surviving ranks once one has failed — becomes
+      :class:`RankFailure` too, so the rank unwinds (closing loaders and files) instead of
+      dying mid-write;
+    - any other exception is this rank's own failure: it is logged as
+      ``rank 1 of 2 failed: <type>: <message>`` and re-raised with its traceback (wrapped
+      by torchrun's ``record`` where available, so the launcher's summary shows it as the
+      root cause).
+
+    With one process it changes nothing.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        yield
+        return
+    rank = _env_int("RANK", 0)
+    where = f"rank {rank} of {world}"
+
+    def _on_sigterm(signum: int, frame: object) -> None:
+        raise RankFailure(
+            f"{where} stopped by the launcher (SIGTERM): another rank failed; "
+            "its error is the root cause in the launcher's summary"
+        )
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    except RankFailure:
+        raise
+    except Exception as exc:
+        if _lost_peer(exc):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RankFailure(
+                f"{where} stopped: lost contact with another rank ({first[:300]}); "
+                "the first rank to fail has the cause in its log"
+            ) from None
+        import click
+
+        if not isinstance(exc, click.ClickException):
+            print(f"{where} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            _record_for_torchrun(exc)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _record_for_torchrun(exc: BaseException) -> None:
+    """Write ``exc`` to torchrun's error file (``TORCHELASTIC_ERROR_FILE``), if it set one."""
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(exc)
+    except Exception:  # the summary is a nicety; never mask the real error
+        logger.debug("could not record the error for torchrun", exc_info=True)

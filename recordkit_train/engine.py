@@ -42,8 +42,10 @@ from recordkit_train.models import build_model
 from recordkit_train.optim import LRSchedule, build_optimizer
 from recordkit_train.plot import plot_metrics
 from recordkit_train.precision import LossScaler, autocast, resolve_precision
+from recordkit_train.pretrained import setup_finetuning
+from recordkit_train.reporting import Reporter, progress_enabled
 
-__all__ = ["evaluate", "evaluate_checkpoint", "train"]
+__all__ = ["benchmark", "evaluate", "evaluate_checkpoint", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +154,9 @@ def _train_epoch(
     schedule: LRSchedule,
     scaler: LossScaler,
     criterion: nn.Module,
+    reporter: Reporter,
 ) -> dict[str, float]:
     device = env.device
-    precision = str(cfg.precision)
     model.train()
     loader.set_epoch(epoch)
     window_loss = LossMeter(device)
@@ -163,40 +165,50 @@ def _train_epoch(
     lr = schedule.lr_at(epoch, 0)
     start = window_start = time.perf_counter()
     window_n = total_n = 0
-    for i, (images, labels) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        lr = schedule.apply(optimizer, epoch, i)
-        with autocast(precision, device):
-            logits = model(images)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.step(loss, optimizer)
-        n = images.shape[0]
-        window_loss.update(loss, n)
-        window_acc.update(logits.float(), labels)
-        epoch_loss.update(loss, n)
-        window_n += n
-        total_n += n
-        if (i + 1) % cfg.print_freq == 0:
-            window_loss.all_reduce()
-            window_acc.all_reduce()
-            stats = window_loss.compute()
-            acc = window_acc.compute()
-            elapsed = time.perf_counter() - window_start
-            logger.info(
-                "train: epoch %d, iter %d, loss: %.3f, top_1: %.3f, top_k: %.3f, samples/s: %.1f",
-                epoch,
-                i + 1,
-                stats["loss"],
-                acc["top1"],
-                acc["top5"],
-                window_n * env.world_size / elapsed if elapsed > 0 else 0.0,
-            )
-            window_loss.reset()
-            window_acc.reset()
-            window_n = 0
-            window_start = time.perf_counter()
+    iters = len(loader)
+    with reporter.epoch_bar(iters, epoch) as bar:
+        for i, (images, labels) in enumerate(loader):
+            lr = _train_step(
+                cfg=cfg, epoch=epoch, i=i, images=images, labels=labels, model=model,
+                optimizer=optimizer, schedule=schedule, scaler=scaler, criterion=criterion,
+                meters=(window_loss, window_acc, epoch_loss), device=device,
+            )  # fmt: skip
+            n = images.shape[0]
+            window_n += n
+            total_n += n
+            bar.update(1)
+            if (i + 1) % cfg.print_freq == 0:
+                window_loss.all_reduce()
+                window_acc.all_reduce()
+                stats = window_loss.compute()
+                acc = window_acc.compute()
+                elapsed = time.perf_counter() - window_start
+                rate = window_n * env.world_size / elapsed if elapsed > 0 else 0.0
+                logger.info(
+                    "train: epoch %d, iter %d, loss: %.3f, top_1: %.3f, top_k: %.3f, "
+                    "samples/s: %.1f",
+                    epoch,
+                    i + 1,
+                    stats["loss"],
+                    acc["top1"],
+                    acc["top5"],
+                    rate,
+                )
+                bar.set_postfix_str(f"loss {stats['loss']:.3f}, {rate:.0f} img/s")
+                reporter.scalars(
+                    epoch * iters + i + 1,
+                    {
+                        "train/loss": stats["loss"],
+                        "train/top1": acc["top1"],
+                        "train/top5": acc["top5"],
+                        "train/samples_per_s": rate,
+                        "lr": lr,
+                    },
+                )
+                window_loss.reset()
+                window_acc.reset()
+                window_n = 0
+                window_start = time.perf_counter()
     epoch_loss.all_reduce()
     _sync(device)
     elapsed = time.perf_counter() - start
@@ -205,6 +217,38 @@ def _train_epoch(
         "lr": lr,
         "samples_per_s": total_n * env.world_size / elapsed if elapsed > 0 else 0.0,
     }
+
+
+def _train_step(
+    *,
+    cfg: TrainConfig,
+    epoch: int,
+    i: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    scaler: LossScaler,
+    criterion: nn.Module,
+    meters: tuple[LossMeter, AccuracyMeter, LossMeter],
+    device: torch.device,
+) -> float:
+    """One optimizer step; metrics accumulate on the device (no host sync). Returns the LR."""
+    window_loss, window_acc, epoch_loss = meters
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    lr = schedule.apply(optimizer, epoch, i)
+    with autocast(str(cfg.precision), device):
+        logits = model(images)
+        loss = criterion(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.step(loss, optimizer)
+    n = images.shape[0]
+    window_loss.update(loss, n)
+    window_acc.update(logits.float(), labels)
+    epoch_loss.update(loss, n)
+    return lr
 
 
 def _trim_metrics(path: Path, start_epoch: int) -> None:
@@ -304,6 +348,94 @@ def _run_test_io(
     return {"samples_per_s": rate, "iters": seen}
 
 
+def _run_real(cfg: TrainConfig, env: distributed.DistEnv, ds: recordkit.Dataset) -> dict[str, Any]:
+    """Time ``cfg.iters`` real training steps (loader + model), as the training loop runs them."""
+    device = env.device
+    train_loader, _ = _make_loaders(cfg, ds, device)
+    model: nn.Module = build_model(
+        cfg.arch,
+        max(len(ds.classes), 1),
+        zero_init_residual=cfg.zero_init_residual,
+        channels_last=bool(cfg.channels_last),
+    ).to(device)
+    if env.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(
+        model, lr=float(cfg.lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    schedule = LRSchedule("step", base_lr=float(cfg.lr), epochs=1, iters_per_epoch=1)
+    scaler = LossScaler(str(cfg.precision), device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    meters = (LossMeter(device), AccuracyMeter(device=device), LossMeter(device))
+    warmup = min(5, cfg.iters // 5)
+    seen = epoch = 0
+    model.train()
+    start = time.perf_counter()
+    while seen < cfg.iters:
+        train_loader.set_epoch(epoch)
+        for images, labels in train_loader:
+            if seen == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            _train_step(
+                cfg=cfg, epoch=0, i=0, images=images, labels=labels, model=model,
+                optimizer=optimizer, schedule=schedule, scaler=scaler, criterion=criterion,
+                meters=meters, device=device,
+            )  # fmt: skip
+            seen += 1
+            if seen % cfg.print_freq == 0:
+                logger.info("real: iter %d, loss: %.3f", seen, meters[0].compute()["loss"])
+                meters[0].reset()
+            if seen >= cfg.iters:
+                break
+        epoch += 1
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    timed = cfg.iters - warmup
+    rate = timed * cfg.batch_size * env.world_size / elapsed if elapsed > 0 else 0.0
+    logger.info("real: %s %s, samples/s: %.1f", cfg.arch, cfg.precision, rate)
+    return {"samples_per_s": rate, "iters": cfg.iters}
+
+
+def benchmark(config: TrainConfig, mode: str, *, device: str | None = None) -> dict[str, Any]:
+    """Measure training throughput in one of three modes (``tools/bench_train.py``).
+
+    ``synthetic``: random tensors made once on the device, model only (compute speed).
+    ``io``: the training loader alone (MXNet's ``--test-io``). ``real``: the training step fed
+    by the loader, exactly as :func:`train` runs it. The first ``min(5, iters // 5)`` steps
+    are warm-up and not timed (except for ``io``, which times every batch).
+
+    Args:
+        config: Model, batch, precision, loader; ``iters`` steps are run.
+        mode: ``synthetic``, ``io`` or ``real``.
+        device: ``"cuda"`` or ``"cpu"``; default CUDA when available.
+
+    Returns:
+        ``{"samples_per_s", "iters"}`` (samples/s summed over ranks).
+
+    Raises:
+        ConfigError: Unknown mode, or ``data`` missing for ``io`` / ``real``.
+    """
+    if mode not in ("synthetic", "io", "real"):
+        raise ConfigError(f"unknown benchmark mode {mode!r}; choose synthetic, io or real")
+    if mode != "synthetic" and not config.data:
+        raise ConfigError(f"the {mode} benchmark needs data")
+    env = distributed.setup(device)
+    try:
+        cfg = config.resolved(env.device, env.world_size)
+        _seed_everything(cfg.seed)
+        if env.device.type == "cuda" and not cfg.deterministic:
+            torch.backends.cudnn.benchmark = True
+        if mode == "synthetic":
+            classes = recordkit.open(cfg.data).classes if cfg.data else None
+            return _run_synthetic(cfg, env, len(classes) if classes else 1000)
+        ds = recordkit.open(str(cfg.data))
+        return _run_test_io(cfg, env, ds) if mode == "io" else _run_real(cfg, env, ds)
+    finally:
+        distributed.cleanup(env)
+
+
 def train(config: TrainConfig, *, device: str | None = None) -> dict[str, Any]:
     """Run a training job (or the synthetic / test-io benchmark it describes).
 
@@ -321,7 +453,7 @@ def train(config: TrainConfig, *, device: str | None = None) -> dict[str, Any]:
         ConfigError: The configuration cannot run on this data.
         recordkit.RecordkitError: The data or the checkpoint to resume from is unusable.
     """
-    env = distributed.setup(device)
+    env = distributed.setup(device, timeout=config.dist_timeout)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(config, env)
@@ -356,8 +488,20 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         zero_init_residual=cfg.zero_init_residual,
         channels_last=bool(cfg.channels_last),
     ).to(device)
+    lr_scale = setup_finetuning(
+        model,
+        pretrained=cfg.pretrained,
+        resume=cfg.resume,
+        freeze=cfg.freeze_backbone,
+        lr_scale=cfg.backbone_lr_scale,
+        classes=classes,
+    )
     optimizer = build_optimizer(
-        model, lr=float(cfg.lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model,
+        lr=float(cfg.lr),
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        lr_scale=lr_scale,
     )
     schedule = LRSchedule(
         cfg.lr_schedule,
@@ -413,6 +557,62 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             precision,
             device,
         )
+    reporter = Reporter(
+        out,
+        progress=progress_enabled(cfg.progress, is_main=env.is_main),
+        tensorboard=cfg.tensorboard and env.is_main,
+        purge_step=start_epoch * len(train_loader) + 1 if start_epoch else None,
+    )
+    try:
+        last = _epochs(
+            cfg=cfg,
+            env=env,
+            start_epoch=start_epoch,
+            best=best,
+            model=model,
+            loaders=(train_loader, val_loader),
+            optimizer=optimizer,
+            schedule=schedule,
+            scaler=scaler,
+            criterion=criterion,
+            classes=classes,
+            reporter=reporter,
+        )
+    finally:
+        reporter.close()
+    best = last.pop("best", None) if last else best
+    if env.is_main:
+        try:
+            plot_metrics(out / "metrics.jsonl", out / "metrics.png")
+            logger.info("wrote %s", out / "metrics.png")
+        except (OSError, ValueError) as exc:  # a plot never fails a finished run
+            logger.warning("could not draw %s: %s", out / "metrics.png", exc)
+    return {"out": str(out), "epochs": cfg.epochs, "best_top1": best, "last": last}
+
+
+def _epochs(
+    *,
+    cfg: TrainConfig,
+    env: distributed.DistEnv,
+    start_epoch: int,
+    best: float | None,
+    model: nn.Module,
+    loaders: tuple[Any, Any | None],
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    scaler: LossScaler,
+    criterion: nn.Module,
+    classes: list[str],
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Train, validate and checkpoint epochs ``start_epoch`` .. ``cfg.epochs - 1``.
+
+    Returns the last ``metrics.jsonl`` row plus ``"best"`` (the best validation top-1).
+    """
+    device = env.device
+    precision = str(cfg.precision)
+    out = Path(cfg.out)
+    train_loader, val_loader = loaders
     last: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         stats = _train_epoch(
@@ -425,6 +625,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             schedule=schedule,
             scaler=scaler,
             criterion=criterion,
+            reporter=reporter,
         )
         row: dict[str, Any] = {"epoch": epoch, **stats}
         row.update(val_top1=None, val_top5=None, val_samples=0)
@@ -466,14 +667,19 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             save_checkpoint(out / "last.pt", state)
             if improved:
                 save_checkpoint(out / "best.pt", state)
+        reporter.scalars(
+            (epoch + 1) * len(train_loader),
+            {
+                "epoch/train_loss": row["train_loss"],
+                "epoch/samples_per_s": row["samples_per_s"],
+                "val/top1": row["val_top1"],
+                "val/top5": row["val_top5"],
+            },
+        )
+        reporter.flush()
         distributed.barrier()
         last = row
-    if env.is_main:
-        try:
-            plot_metrics(out / "metrics.jsonl", out / "metrics.png")
-        except (OSError, ValueError) as exc:  # a plot never fails a finished run
-            logger.warning("could not draw %s: %s", out / "metrics.png", exc)
-    return {"out": str(out), "epochs": cfg.epochs, "best_top1": best, "last": last}
+    return {**last, "best": best} if last else {}
 
 
 def evaluate_checkpoint(

@@ -189,5 +189,5 @@ def plot_metrics(metrics_jsonl: Path, out_png: Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    logger.info("wrote %s (%d epochs)", out_png, len(rows))
+    logger.debug("wrote %s (%d epochs)", out_png, len(rows))
     return out_png
