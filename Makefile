@@ -26,7 +26,7 @@ proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
 
 demo: $(STAMP)
-	$(BIN)/python -m recordkit.demo demo
+	$(BIN)/recordkit-train demo demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info
