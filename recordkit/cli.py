@@ -483,7 +483,7 @@ def pack_cmd(
 
 # --- convert-rec -----------------------------------------------------------------------------
 def _parse_convert_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    from recordkit.convert.options import parse_size
+    from recordkit.interop.options import parse_size
 
     try:
         return parse_size(value)
@@ -567,7 +567,7 @@ def convert_rec_cmd(
     recordkit convert-rec mydata.rec --out shards/
     recordkit convert-rec mydata_val.rec --idx mydata_val.idx --lst mydata_val.lst --split val
     """
-    from recordkit.convert import ConvertOptions, convert_rec
+    from recordkit.interop import ConvertOptions, convert_rec
 
     options = ConvertOptions(
         out=out,

@@ -103,6 +103,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from recordkit.errors import RecordkitError
+from recordkit.imageinfo import NotAnImage, image_info
 
 __all__ = ["EncodedImage", "ImageError", "ImageOptions", "probe", "process_image"]
 
@@ -406,32 +407,11 @@ def _one_line(e: BaseException) -> str:
 
 def _header_size(data: bytes) -> tuple[str, int, int] | None:
     """``(format, width, height)`` of a PNG or JPEG from its header, else None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        return "png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] != b"\xff\xd8":
+    try:
+        info = image_info(data)
+    except NotAnImage:
         return None
-    pos, n = 2, len(data)
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > n:
-                return None
-            h = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            w = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return "jpeg", w, h
-        if marker == 0xDA or length < 2:
-            return None
-        pos += 2 + length
-    return None
+    return info.format, info.width, info.height
 
 
 def _orientation(img: Image.Image) -> int:

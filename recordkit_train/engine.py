@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -271,21 +272,40 @@ def _resume_path(resume: str) -> Path:
     return path / "last.pt" if path.is_dir() else path
 
 
-def _run_synthetic(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int) -> dict[str, Any]:
-    device = env.device
-    precision = str(cfg.precision)
-    model: nn.Module = build_model(
+def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    return build_model(
         cfg.arch,
         num_classes,
         zero_init_residual=cfg.zero_init_residual,
         channels_last=bool(cfg.channels_last),
     ).to(device)
-    if env.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = build_optimizer(
-        model, lr=float(cfg.lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+
+
+def _ddp(model: nn.Module, env: distributed.DistEnv) -> nn.Module:
+    """Wrap in DistributedDataParallel when there is more than one rank."""
+    if env.world_size == 1:
+        return model
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _make_optimizer(
+    cfg: TrainConfig, model: nn.Module, lr_scale: Callable[[str], float] | None = None
+) -> torch.optim.Optimizer:
+    return build_optimizer(
+        model,
+        lr=float(cfg.lr),
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        lr_scale=lr_scale,
     )
+
+
+def _run_synthetic(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int) -> dict[str, Any]:
+    device = env.device
+    precision = str(cfg.precision)
+    model = _ddp(_make_model(cfg, num_classes, device), env)
+    optimizer = _make_optimizer(cfg, model)
     scaler = LossScaler(precision, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -352,18 +372,8 @@ def _run_real(cfg: TrainConfig, env: distributed.DistEnv, ds: recordkit.Dataset)
     """Time ``cfg.iters`` real training steps (loader + model), as the training loop runs them."""
     device = env.device
     train_loader, _ = _make_loaders(cfg, ds, device)
-    model: nn.Module = build_model(
-        cfg.arch,
-        max(len(ds.classes), 1),
-        zero_init_residual=cfg.zero_init_residual,
-        channels_last=bool(cfg.channels_last),
-    ).to(device)
-    if env.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = build_optimizer(
-        model, lr=float(cfg.lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    model = _ddp(_make_model(cfg, max(len(ds.classes), 1), device), env)
+    optimizer = _make_optimizer(cfg, model)
     schedule = LRSchedule("step", base_lr=float(cfg.lr), epochs=1, iters_per_epoch=1)
     scaler = LossScaler(str(cfg.precision), device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -482,12 +492,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         raise ConfigError(f"{cfg.data} lists no classes")
     train_loader, val_loader = _make_loaders(cfg, ds, device)
     precision = str(cfg.precision)
-    model: nn.Module = build_model(
-        cfg.arch,
-        len(classes),
-        zero_init_residual=cfg.zero_init_residual,
-        channels_last=bool(cfg.channels_last),
-    ).to(device)
+    model = _make_model(cfg, len(classes), device)
     lr_scale = setup_finetuning(
         model,
         pretrained=cfg.pretrained,
@@ -496,13 +501,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         lr_scale=cfg.backbone_lr_scale,
         classes=classes,
     )
-    optimizer = build_optimizer(
-        model,
-        lr=float(cfg.lr),
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        lr_scale=lr_scale,
-    )
+    optimizer = _make_optimizer(cfg, model, lr_scale=lr_scale)
     schedule = LRSchedule(
         cfg.lr_schedule,
         base_lr=float(cfg.lr),
@@ -524,7 +523,13 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
                 f"no {', '.join(sorted(missing))}"
             )
         unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # other parameter groups: --freeze-backbone / lr scale
+            raise ConfigError(
+                f"{_resume_path(cfg.resume)} was trained with other optimizer parameter groups "
+                f"({exc}); resume with the same --freeze-backbone / --backbone-lr-scale"
+            ) from None
         scaler.load_state_dict(state.get("scaler") or {})
         if state["schedule"] != schedule.state_dict():
             logger.warning(
@@ -538,9 +543,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         if state.get("rng"):
             restore_rng(state["rng"])
         logger.info("resumed from %s at epoch %d", _resume_path(cfg.resume), start_epoch)
-    if env.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    model = _ddp(model, env)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     out = Path(cfg.out)
     if env.is_main:

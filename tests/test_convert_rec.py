@@ -24,7 +24,9 @@ from conftest import assert_one_line_error
 
 import recordkit
 from recordkit.cli import main
-from recordkit.convert import (
+from recordkit.errors import RecordkitError
+from recordkit.imageinfo import NotAnImage, image_info
+from recordkit.interop import (
     ConvertError,
     ConvertOptions,
     RecFormatError,
@@ -34,8 +36,6 @@ from recordkit.convert import (
     read_rec,
     scan_rec_headers,
 )
-from recordkit.convert.imageinfo import NotAnImage, image_info
-from recordkit.errors import RecordkitError
 
 FIX = Path(__file__).parent / "fixtures" / "mxnet"
 EXPECTED = json.loads((FIX / "expected.json").read_text())

@@ -175,3 +175,14 @@ def test_backbone_lr_scale_groups_and_training(
     assert head and body and body[0] == pytest.approx(0.1 * head[0])
     with pytest.raises(ConfigError, match="exclude each other"):
         tiny_config(target_data, out, freeze_backbone=True, backbone_lr_scale=0.5)
+
+
+def test_resume_with_other_optimizer_groups_is_one_error_line(
+    target_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ft"
+    result = _run(target_data, out, "--backbone-lr-scale", "0.1")
+    assert result.exit_code == 0, result.output
+    # Resuming without the backbone scale: a different set of parameter groups.
+    result = _run(target_data, out, "--epochs", "2", "--resume", str(out), "--freeze-backbone")
+    assert_one_line_error(result, "other optimizer parameter groups")

@@ -10,6 +10,7 @@ from typing import Any
 
 from recordkit.errors import RecordkitError
 from recordkit.imaging import ImageOptions
+from recordkit.sizes import parse_size as _parse_size
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",
@@ -29,31 +30,9 @@ class PackError(RecordkitError):
     """A pack cannot start or go on: bad lists, conflicting outputs, or (``strict``) bad input."""
 
 
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1 << 10,
-    "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
-    "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
-}  # fmt: skip
-
-
 def parse_size(text: str | int) -> int:
-    """Parse a byte count: ``134217728``, ``128MiB``, ``100MB``, ``1.5G`` (k/M/G are decimal).
-
-    Raises:
-        PackError: Not a positive size.
-    """
-    if isinstance(text, int):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
-        unit = m.group(2).lower() if m else ""
-        if m is None or unit not in _UNITS:
-            raise PackError(f"not a size: {text!r} (examples: 134217728, 128MiB, 100MB, 1G)")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    if value < 1:
-        raise PackError(f"size must be positive, got {text!r}")
-    return value
+    """Parse a byte count (:func:`recordkit.sizes.parse_size`), raising :class:`PackError`."""
+    return _parse_size(text, PackError)
 
 
 def default_threads() -> int:

@@ -2,7 +2,7 @@
 
 The conversion runs in two passes over the ``.rec`` file:
 
-1. A header scan (:func:`~recordkit.convert.mxnet_rec.scan_rec_headers`) reads every record's
+1. A header scan (:func:`~recordkit.interop.mxnet_rec.scan_rec_headers`) reads every record's
    framing, ``IRHeader`` and labels but not its image bytes. It finds a damaged file, labels
    that are not class indices and a ``.lst`` that does not belong to the file *before* anything
    is written, and gives the record count and byte total that fix the shard layout.
@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recordkit.convert.imageinfo import NotAnImage, image_info
-from recordkit.convert.mxnet_rec import RecRecord, read_idx, read_rec, scan_rec_headers
-from recordkit.convert.options import ConvertError, ConvertOptions, ConvertResult, Progress
 from recordkit.errors import ManifestError
 from recordkit.format.example import Record
 from recordkit.format.manifest import (
@@ -42,6 +39,9 @@ from recordkit.format.manifest import (
     write_manifest,
 )
 from recordkit.format.writer import ShardWriter
+from recordkit.imageinfo import NotAnImage, image_info
+from recordkit.interop.mxnet_rec import RecRecord, read_idx, read_rec, scan_rec_headers
+from recordkit.interop.options import ConvertError, ConvertOptions, ConvertResult, Progress
 from recordkit.listing import ListEntry, ListError, classes_from_lists, read_list
 
 __all__ = ["convert_rec", "read_class_names", "shard_name"]

@@ -1,4 +1,4 @@
-"""The inputs and outputs of :func:`recordkit.convert.convert_rec`: options, result, error."""
+"""The inputs and outputs of :func:`recordkit.interop.convert_rec`: options, result, error."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.errors import RecordkitError
+from recordkit.sizes import parse_size as _parse_size
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",
@@ -108,29 +109,6 @@ class ConvertResult:
         )
 
 
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1 << 10,
-    "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
-    "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
-}  # fmt: skip
-
-
-def parse_size(text: str) -> int:
-    """Parse a byte count as ``recordkit pack --shard-bytes`` does: ``134217728``, ``128MiB``,
-    ``100MB``, ``1.5G`` (k/M/G are decimal).
-
-    (A copy of :func:`recordkit.pack.options.parse_size`: importing ``recordkit.pack`` would
-    load OpenCV, which converting never needs.)
-
-    Raises:
-        ConvertError: Not a positive size.
-    """
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).lower() if m else ""
-    if m is None or unit not in _UNITS:
-        raise ConvertError(f"not a size: {text!r} (examples: 134217728, 128MiB, 100MB, 1G)")
-    value = int(float(m.group(1)) * _UNITS[unit])
-    if value < 1:
-        raise ConvertError(f"size must be positive, got {text!r}")
-    return value
+def parse_size(text: str | int) -> int:
+    """Parse a byte count (:func:`recordkit.sizes.parse_size`), raising :class:`ConvertError`."""
+    return _parse_size(text, ConvertError)

@@ -1,20 +1,20 @@
 """Import datasets in foreign formats: MXNet RecordIO (``.rec`` / ``.idx``) → recordkit shards.
 
->>> from recordkit.convert import ConvertOptions, convert_rec, read_rec  # doctest: +SKIP
+>>> from recordkit.interop import ConvertOptions, convert_rec, read_rec  # doctest: +SKIP
 >>> res = convert_rec("data.rec", ConvertOptions(out="shards"), idx="data.idx",
 ...                   lst="data.lst")                                    # doctest: +SKIP
 >>> print(res.summary())                                                 # doctest: +SKIP
 >>> for r in read_rec("data.rec"):                                       # doctest: +SKIP
 ...     print(r.id, r.labels, len(r.image))
 
-Modules: :mod:`~recordkit.convert.mxnet_rec` (the RecordIO reader, byte layout in its
-docstring), :mod:`~recordkit.convert.imageinfo` (JPEG/PNG header probe),
-:mod:`~recordkit.convert.options` (options, result, error),
-:mod:`~recordkit.convert.rec_to_shards` (the conversion). Needs neither torch, DALI nor OpenCV.
+Modules: :mod:`~recordkit.interop.mxnet_rec` (the RecordIO reader, byte layout in its
+docstring), :mod:`~recordkit.imageinfo` (JPEG/PNG header probe),
+:mod:`~recordkit.interop.options` (options, result, error),
+:mod:`~recordkit.interop.rec_to_shards` (the conversion). Needs neither torch, DALI nor OpenCV.
 User documentation: ``docs/CONVERT.md``.
 """
 
-from recordkit.convert.mxnet_rec import (
+from recordkit.interop.mxnet_rec import (
     RecFormatError,
     RecHeader,
     RecRecord,
@@ -22,14 +22,14 @@ from recordkit.convert.mxnet_rec import (
     read_rec,
     scan_rec_headers,
 )
-from recordkit.convert.options import (
+from recordkit.interop.options import (
     DEFAULT_SHARD_BYTES,
     ConvertError,
     ConvertOptions,
     ConvertResult,
     parse_size,
 )
-from recordkit.convert.rec_to_shards import convert_rec, read_class_names
+from recordkit.interop.rec_to_shards import convert_rec, read_class_names
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",
