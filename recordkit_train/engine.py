@@ -115,7 +115,7 @@ def evaluate(
 
 
 def _make_loaders(
-    cfg: TrainConfig, ds: recordkit.Dataset, device: torch.device
+    cfg: TrainConfig, ds: recordkit.Dataset, device: torch.device, *, val: bool = True
 ) -> tuple[Any, Any | None]:
     common: dict[str, Any] = {
         "batch_size": cfg.batch_size,
@@ -135,6 +135,8 @@ def _make_loaders(
             f"{cfg.batch_size} per rank"
         )
     val_loader = None
+    if not val:
+        return train_loader, None
     if "val" in ds and len(ds["val"]) > 0:
         val_loader = recordkit.make_loader(
             ds, "val", train=False, drop_last=False, shuffle=False, **common
@@ -343,7 +345,7 @@ def _run_synthetic(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int)
 def _run_test_io(
     cfg: TrainConfig, env: distributed.DistEnv, ds: recordkit.Dataset
 ) -> dict[str, Any]:
-    train_loader, _ = _make_loaders(cfg, ds, env.device)
+    train_loader, _ = _make_loaders(cfg, ds, env.device, val=False)
     seen = 0
     epoch = 0
     start = time.perf_counter()
@@ -371,7 +373,7 @@ def _run_test_io(
 def _run_real(cfg: TrainConfig, env: distributed.DistEnv, ds: recordkit.Dataset) -> dict[str, Any]:
     """Time ``cfg.iters`` real training steps (loader + model), as the training loop runs them."""
     device = env.device
-    train_loader, _ = _make_loaders(cfg, ds, device)
+    train_loader, _ = _make_loaders(cfg, ds, device, val=False)
     model = _ddp(_make_model(cfg, max(len(ds.classes), 1), device), env)
     optimizer = _make_optimizer(cfg, model)
     schedule = LRSchedule("step", base_lr=float(cfg.lr), epochs=1, iters_per_epoch=1)
