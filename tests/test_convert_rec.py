@@ -491,7 +491,7 @@ def test_cli_numbered_names_grow_into_a_conflict(tmp_path, runner):
                FIX / "single.lst").exit_code == 0  # fmt: skip
     assert_one_line_error(
         run(runner, "convert-rec", FIX / "multi.rec", "--out", out, "--split", "val"),
-        "class names conflict",
+        "class map conflicts",
     )
 
 

@@ -28,21 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recordkit.errors import ManifestError
+from recordkit.classmap import class_names_from_lists, existing_manifest, merge_classes
 from recordkit.format.example import Record
 from recordkit.format.manifest import (
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
     SplitEntry,
-    read_manifest,
     write_manifest,
 )
 from recordkit.format.writer import ShardWriter
 from recordkit.imageinfo import NotAnImage, image_info
 from recordkit.interop.mxnet_rec import RecRecord, read_idx, read_rec, scan_rec_headers
 from recordkit.interop.options import ConvertError, ConvertOptions, ConvertResult, Progress
-from recordkit.listing import ListEntry, ListError, classes_from_lists, read_list
+from recordkit.listing import ListEntry, ListError, read_list
 
 __all__ = ["convert_rec", "read_class_names", "shard_name"]
 
@@ -179,12 +178,7 @@ def _resolve_classes(
         return names, True
     if lst_entries is not None:
         try:
-            names = [c.replace(os.sep, "/") for c in classes_from_lists(lst_entries)]
-            if "." in names:
-                raise ListError("images directly in the list's root have no class directory")
-            if max_label >= len(names):
-                raise ListError(f"label {max_label} has no class directory")
-            return names, True
+            return class_names_from_lists(lst_entries, max_label), True
         except ListError as exc:
             logger.warning("class names from numbers 0..%d (%s)", max_label, exc)
     return _numbered(max_label + 1), False
@@ -203,35 +197,6 @@ def _split_files(out: Path, split: str) -> list[Path]:
     return sorted({p for pat in pats for p in out.glob(pat)})
 
 
-def _existing_manifest(out: Path) -> Manifest | None:
-    if not (out / MANIFEST_NAME).exists():
-        return None
-    try:
-        return read_manifest(out)
-    except ManifestError as exc:
-        raise ConvertError(f"cannot add to {out}: {exc}") from None
-
-
-def _agree_classes(old: list[str], new: list[str], named: bool, where: Path) -> list[str]:
-    """The class names to use when ``where`` already holds splits named ``old``."""
-    if new == old:
-        return old
-    if len(new) <= len(old) and (not named or old[: len(new)] == new):
-        if not named:
-            logger.warning("using the class names of %s", where)
-        return old
-    for k, (a, b) in enumerate(zip(new, old, strict=False)):
-        if a != b:
-            raise ConvertError(
-                f"class names conflict with {where}: label {k} is {a!r} here but {b!r} in the "
-                "splits already there; convert into another --out"
-            )
-    raise ConvertError(
-        f"class names conflict with {where}: these records need {len(new)} classes, the "
-        f"splits already there have {len(old)}; convert into another --out"
-    )
-
-
 def _prepare_out(
     out: Path, split: str, classes: list[str], named: bool, overwrite: bool
 ) -> tuple[Manifest | None, list[str]]:
@@ -240,7 +205,7 @@ def _prepare_out(
     Returns the manifest of the other splits (``None`` when there are none) and the class
     names to write.
     """
-    existing = _existing_manifest(out)
+    existing = existing_manifest(out, ConvertError)
     leftovers = _split_files(out, split)
     if not overwrite:
         if existing is not None and split in existing.splits:
@@ -262,7 +227,15 @@ def _prepare_out(
         )
         (others.pack.get("splits") or {}).pop(split, None)
         if others.splits:
-            classes = _agree_classes(others.classes, classes, named, out / MANIFEST_NAME)
+            classes = merge_classes(
+                others.classes,
+                classes,
+                named=named,
+                out=out,
+                error=ConvertError,
+                source="here",
+                hint="convert into another --out",
+            )
         else:
             others = None
     if overwrite and (leftovers or (existing is not None and split in existing.splits)):

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from recordkit.listing import ListEntry, ListError, classes_from_lists, read_list
+from recordkit.classmap import class_names_from_lists
+from recordkit.listing import ListEntry, ListError, read_list
 from recordkit.pack.options import PackError
 
 __all__ = ["SplitList", "find_lists", "load_splits", "resolve_classes", "entry_labels"]
@@ -154,12 +155,7 @@ def resolve_classes(splits: Sequence[SplitList], pack_label: bool) -> tuple[list
             labels = entry_labels(e, pack_label, _names(s.files))
             max_label = max(max_label, *labels)
     try:
-        classes = [c.replace(os.sep, "/") for c in classes_from_lists(all_entries)]
-        if "." in classes:
-            raise ListError("images directly in ROOT have no class directory")
-        if max_label >= len(classes):
-            raise ListError(f"label {max_label} has no class directory")
-        return classes, True
+        return class_names_from_lists(all_entries, max_label), True
     except ListError as exc:
         logger.warning("class names from numbers 0..%d (%s)", max_label, exc)
         return [str(k) for k in range(max_label + 1)], False

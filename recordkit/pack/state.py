@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recordkit.errors import ManifestError
+from recordkit.classmap import existing_manifest, merge_classes
 from recordkit.format.manifest import (
-    MANIFEST_NAME,
     Manifest,
     ShardEntry,
     SplitEntry,
-    read_manifest,
     write_manifest,
 )
 from recordkit.pack.options import PackError
@@ -174,40 +172,23 @@ def finished_shards(out: Path, plan: SplitPlan) -> dict[int, DoneShard]:
 
 def read_existing_manifest(out: Path) -> Manifest | None:
     """The manifest already in ``out``, or ``None``."""
-    if not (out / MANIFEST_NAME).exists():
-        return None
-    try:
-        return read_manifest(out)
-    except ManifestError as exc:
-        raise PackError(f"cannot add to {out}: {exc}") from None
+    return existing_manifest(out, PackError)
 
 
 def check_classes(existing: Manifest, classes: list[str], from_dirs: bool, out: Path) -> list[str]:
-    """The class map to use when adding splits to ``existing``.
-
-    Names derived from directories must match the existing ones label by label (a split may
-    lack the last classes). Numbered fallback names defer to the existing names when there are
-    enough of them.
+    """The class map to use when adding splits to ``existing`` (:func:`merge_classes`).
 
     Raises:
         PackError: The class maps conflict.
     """
-    old = list(existing.classes)
-    if classes == old:
-        return old
-    if len(classes) <= len(old) and (not from_dirs or old[: len(classes)] == classes):
-        if not from_dirs:
-            logger.warning("using the class names of %s", out / MANIFEST_NAME)
-        return old
-    for k, (a, b) in enumerate(zip(classes, old, strict=False)):
-        if a != b:
-            raise PackError(
-                f"class map conflicts with {out / MANIFEST_NAME}: label {k} is {a!r} in the "
-                f"lists but {b!r} in the packed splits; pack into another --out"
-            )
-    raise PackError(
-        f"class map conflicts with {out / MANIFEST_NAME}: the lists have {len(classes)} "
-        f"classes, the packed splits {len(old)}; pack into another --out"
+    return merge_classes(
+        existing.classes,
+        classes,
+        named=from_dirs,
+        out=out,
+        error=PackError,
+        source="in the lists",
+        hint="pack into another --out",
     )
 
 
