@@ -265,13 +265,42 @@ def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    from recordkit.pack import PackError
-    from recordkit.pack.options import parse_size
+    from recordkit.sizes import parse_size
 
     try:
         return parse_size(value)
-    except PackError as exc:
+    except RecordkitError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _shard_options(bytes_help: str) -> Callable[[F], F]:
+    """``--shard-size``, ``--shard-bytes``, ``--overwrite``: the same for pack and convert-rec."""
+
+    def decorate(fn: F) -> F:
+        for option in reversed(
+            (
+                click.option(
+                    "--shard-size",
+                    type=click.IntRange(min=1),
+                    default=None,
+                    help="Records per shard (overrides --shard-bytes).",
+                ),
+                click.option(
+                    "--shard-bytes",
+                    default="128MiB",
+                    show_default=True,
+                    callback=_parse_bytes,
+                    help=bytes_help,
+                ),
+                click.option(
+                    "--overwrite", is_flag=True, help="Replace the split if OUT already holds it."
+                ),
+            )
+        ):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 @main.command("pack", context_settings=CONTEXT_SETTINGS)
@@ -358,20 +387,7 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
     default=None,
     help="Worker threads (im2rec: --num-thread). [default: the CPUs this process may use]",
 )
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Records per shard (overrides --shard-bytes).",
-)
-@click.option(
-    "--shard-bytes",
-    default="128MiB",
-    show_default=True,
-    callback=_parse_bytes,
-    help="Target shard size, estimated from the source files and --resize before writing.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace the split if OUT already holds it.")
+@_shard_options("Target shard size, estimated from the source files and --resize before writing.")
 @click.option(
     "--resume",
     is_flag=True,
@@ -482,15 +498,6 @@ def pack_cmd(
 
 
 # --- convert-rec -----------------------------------------------------------------------------
-def _parse_convert_bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    from recordkit.interop.options import parse_size
-
-    try:
-        return parse_size(value)
-    except RecordkitError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @main.command("convert-rec", context_settings=CONTEXT_SETTINGS)
 @click.argument("rec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -524,20 +531,7 @@ def _parse_convert_bytes(ctx: click.Context, param: click.Parameter, value: str)
     show_default=True,
     help="Shard directory; other splits already in it are kept.",
 )
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Records per shard (overrides --shard-bytes).",
-)
-@click.option(
-    "--shard-bytes",
-    default="128MiB",
-    show_default=True,
-    callback=_parse_convert_bytes,
-    help="Target shard size.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace the split if OUT already holds it.")
+@_shard_options("Target shard size.")
 @click.option(
     "--strict", is_flag=True, help="Stop at a record that is not a JPEG/PNG (default: skip it)."
 )

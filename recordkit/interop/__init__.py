@@ -27,7 +27,6 @@ from recordkit.interop.options import (
     ConvertError,
     ConvertOptions,
     ConvertResult,
-    parse_size,
 )
 from recordkit.interop.rec_to_shards import convert_rec, read_class_names
 
@@ -40,7 +39,6 @@ __all__ = [
     "RecHeader",
     "RecRecord",
     "convert_rec",
-    "parse_size",
     "read_class_names",
     "read_idx",
     "read_rec",

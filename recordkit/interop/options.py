@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.errors import RecordkitError
-from recordkit.sizes import parse_size as _parse_size
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",
@@ -17,7 +16,6 @@ __all__ = [
     "ConvertOptions",
     "ConvertResult",
     "Progress",
-    "parse_size",
 ]
 
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
@@ -107,8 +105,3 @@ class ConvertResult:
             f"{self.bytes_in / 1e6:.1f} MB in -> {self.bytes_out / 1e6:.1f} MB out; "
             f"{self.seconds:.1f} s, {rate:.1f} records/s"
         )
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte count (:func:`recordkit.sizes.parse_size`), raising :class:`ConvertError`."""
-    return _parse_size(text, ConvertError)

@@ -10,7 +10,6 @@ from typing import Any
 
 from recordkit.errors import RecordkitError
 from recordkit.imaging import ImageOptions
-from recordkit.sizes import parse_size as _parse_size
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",
@@ -19,7 +18,6 @@ __all__ = [
     "PackResult",
     "SplitResult",
     "default_threads",
-    "parse_size",
 ]
 
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
@@ -28,11 +26,6 @@ DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
 
 class PackError(RecordkitError):
     """A pack cannot start or go on: bad lists, conflicting outputs, or (``strict``) bad input."""
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte count (:func:`recordkit.sizes.parse_size`), raising :class:`PackError`."""
-    return _parse_size(text, PackError)
 
 
 def default_threads() -> int:
