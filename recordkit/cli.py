@@ -49,6 +49,17 @@ def _progress_bar(total: int, unit: str, desc: str, *, quiet: bool = False, **kw
     return tqdm(total=total, unit=unit, desc=desc, disable=disable, leave=False, **kw)
 
 
+def _bar_callback(bar: Any) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that moves ``bar`` (the total may grow)."""
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return progress
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="recordkit")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -480,13 +491,7 @@ def pack_cmd(
         strict=strict,
     )
     with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
-
-        def progress(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        result = pack(prefix, root, options, progress=progress)
+        result = pack(prefix, root, options, progress=_bar_callback(bar))
     if not quiet:
         for s in result.skipped[:20]:
             click.echo(f"skipped {s['split']} {s['path']}: {s['reason']}", err=True)
@@ -572,13 +577,9 @@ def convert_rec_cmd(
         strict=strict,
     )
     with _progress_bar(0, "rec", "convert", quiet=quiet) as bar:
-
-        def progress(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        result = convert_rec(rec, options, idx=idx, lst=lst, classes=class_file, progress=progress)
+        result = convert_rec(
+            rec, options, idx=idx, lst=lst, classes=class_file, progress=_bar_callback(bar)
+        )
     if not quiet:
         for s in result.skipped[:20]:
             click.echo(f"skipped {s['path']} (offset {s['offset']}): {s['reason']}", err=True)
