@@ -25,6 +25,7 @@ from recordkit_train.checkpoint import load_checkpoint
 from recordkit_train.cli import main
 from recordkit_train.config import ConfigError, TrainConfig
 from recordkit_train.engine import train
+from recordkit_train.precision import resolve_precision
 from tests.conftest import assert_one_line_error, write_shards
 
 N_TRAIN, N_VAL = 32, 13
@@ -93,7 +94,8 @@ def run_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_config_resolves_recipe_defaults() -> None:
     cfg = TrainConfig(data="x").resolved("cpu", world_size=4)
     assert cfg.lr == pytest.approx(0.256 * 4)
-    assert cfg.warmup_epochs == 5 and cfg.precision == "bf16" and cfg.channels_last is False
+    cpu_default = resolve_precision(None, "cpu")  # bf16 or fp32, from this CPU
+    assert cfg.warmup_epochs == 5 and cfg.precision == cpu_default and cfg.channels_last is False
     assert TrainConfig(data="x", lr_schedule="step").resolved("cpu").warmup_epochs == 0
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="arch"):

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recordkit.errors import RecordkitError
+from recordkit_train import precision as precision_mod
 from recordkit_train.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -85,10 +86,13 @@ def test_unknown_arch_lists_choices() -> None:
 # ------------------------------------------------------------------------------------ precision
 
 
-def test_resolve_precision_defaults_and_validation() -> None:
+def test_resolve_precision_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert PRECISIONS == ("fp16", "bf16", "fp32")
     assert resolve_precision(None, torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: "avx512_bf16")
     assert resolve_precision(None, torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: None)
+    assert resolve_precision(None, torch.device("cpu")) == "fp32"
     assert resolve_precision(None, "mps") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision(Precision.BF16, "cpu") == "bf16"
@@ -123,12 +127,12 @@ def test_loss_scaler_skips_overflow_then_steps() -> None:
 
     opt.zero_grad()
     loss = layer(torch.full((2, 4), math.inf)).sum()
-    assert scaler.step(loss, opt) is False
+    scaler.step(loss, opt)  # skipped: the scale halves, the weights stay
     assert all(torch.equal(a, b) for a, b in zip(before, _params(layer), strict=True))
     assert scaler.scale == 512.0
 
     opt.zero_grad()
-    assert scaler.step(layer(torch.ones(2, 4)).sum(), opt) is True
+    scaler.step(layer(torch.ones(2, 4)).sum(), opt)
     after = _params(layer)
     assert not torch.equal(before[0], after[0])
     # SGD lr=1: the update is exactly the unscaled gradient (d sum(Wx+b)/dW = 2 per entry).
@@ -143,7 +147,7 @@ def test_loss_scaler_skips_overflow_then_steps() -> None:
     assert fresh.scale == 512.0
     # The restored growth tracker counts: one more finite step reaches the interval of 2.
     opt.zero_grad()
-    assert fresh.step(layer(torch.ones(2, 4)).sum(), opt) is True
+    fresh.step(layer(torch.ones(2, 4)).sum(), opt)
     assert fresh.scale == 1024.0
 
 
@@ -154,7 +158,7 @@ def test_loss_scaler_clips_unscaled_grad_norm(precision: str) -> None:
     before = _params(layer)
     opt.zero_grad()
     loss = (layer(torch.randn(8, 4) * 10) ** 2).sum()
-    assert scaler.step(loss, opt, clip_grad=0.5) is True
+    scaler.step(loss, opt, clip_grad=0.5)
     grad_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in layer.parameters()]))
     assert grad_norm <= 0.5 + 1e-4
     step = torch.cat([(b - a).flatten() for a, b in zip(_params(layer), before, strict=True)])
@@ -169,7 +173,7 @@ def test_loss_scaler_disabled_for_bf16_and_fp32() -> None:
         scaler.load_state_dict({"scale": 8.0, "_growth_tracker": 3})  # ignored
         assert scaler.scale == 1.0
         before = _params(layer)
-        assert scaler.step(layer(torch.ones(1, 4)).sum(), opt) is True
+        scaler.step(layer(torch.ones(1, 4)).sum(), opt)
         assert not torch.equal(before[0], _params(layer)[0])
 
 
