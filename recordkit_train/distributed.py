@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from recordkit_train.devices import DeviceError, cuda_problem
+
 __all__ = [
     "DistEnv",
     "all_reduce_sum",
@@ -78,7 +80,9 @@ def setup(device: str | None = None, *, timeout: float | None = None) -> DistEnv
 
     Args:
         device: ``"cuda"``, ``"cpu"`` or None (CUDA when available). On CUDA the device is
-            ``cuda:LOCAL_RANK``, made current.
+            ``cuda:LOCAL_RANK``, made current. With None or ``"cuda"``, a machine whose NVIDIA
+            GPUs this torch cannot use is an error, not a silent fall-back to the CPU
+            (:func:`recordkit_train.devices.cuda_problem`).
         timeout: Seconds a collective may wait for the other ranks before this rank fails
             (None: PyTorch's default, 10 minutes for NCCL and 30 for gloo). A rank that hangs
             rather than dies is noticed only through this.
@@ -89,13 +93,22 @@ def setup(device: str | None = None, *, timeout: float | None = None) -> DistEnv
 
     Raises:
         ValueError: The environment is inconsistent (e.g. ``RANK >= WORLD_SIZE``).
+        DeviceError: NVIDIA GPUs are present but unusable, or ``"cuda"`` was asked for on a
+            machine without CUDA.
     """
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    use_cuda = device is None or device.startswith("cuda")
+    if use_cuda:
+        problem = cuda_problem()
+        if problem:
+            raise DeviceError(problem)
+        if device is not None and not torch.cuda.is_available():
+            raise DeviceError("device cuda was asked for, but this machine has no CUDA device")
+        use_cuda = torch.cuda.is_available()
     if use_cuda:
         dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(dev)

@@ -38,11 +38,16 @@ from recordkit_train.checkpoint import (
     unwrap,
 )
 from recordkit_train.config import ConfigError, TrainConfig
-from recordkit_train.metrics import AccuracyMeter, LossMeter
+from recordkit_train.metrics import AccuracyMeter, LossMeter, read_meters
 from recordkit_train.models import build_model
-from recordkit_train.optim import LRSchedule, build_optimizer
+from recordkit_train.optim import LRSchedule, build_optimizer, load_optimizer_state
 from recordkit_train.plot import plot_metrics
-from recordkit_train.precision import LossScaler, autocast, resolve_precision
+from recordkit_train.precision import (
+    LossScaler,
+    autocast,
+    precision_reason,
+    resolve_precision,
+)
 from recordkit_train.pretrained import setup_finetuning
 from recordkit_train.reporting import Reporter, progress_enabled
 
@@ -181,10 +186,7 @@ def _train_epoch(
             total_n += n
             bar.update(1)
             if (i + 1) % cfg.print_freq == 0:
-                window_loss.all_reduce()
-                window_acc.all_reduce()
-                stats = window_loss.compute()
-                acc = window_acc.compute()
+                stats, acc = read_meters(window_loss, window_acc)  # the one sync per window
                 elapsed = time.perf_counter() - window_start
                 rate = window_n * env.world_size / elapsed if elapsed > 0 else 0.0
                 logger.info(
@@ -212,11 +214,11 @@ def _train_epoch(
                 window_acc.reset()
                 window_n = 0
                 window_start = time.perf_counter()
-    epoch_loss.all_reduce()
+    (epoch_stats,) = read_meters(epoch_loss)
     _sync(device)
     elapsed = time.perf_counter() - start
     return {
-        "train_loss": float(epoch_loss.compute()["loss"]),
+        "train_loss": float(epoch_stats["loss"]),
         "lr": lr,
         "samples_per_s": total_n * env.world_size / elapsed if elapsed > 0 else 0.0,
     }
@@ -272,6 +274,48 @@ def _trim_metrics(path: Path, start_epoch: int) -> None:
 def _resume_path(resume: str) -> Path:
     path = Path(resume)
     return path / "last.pt" if path.is_dir() else path
+
+
+def _resume(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: LossScaler,
+    schedule: LRSchedule,
+) -> tuple[int, float | None]:
+    """Restore a run's state from ``path``; return the epoch to start at and the best top-1.
+
+    The checkpoint is loaded to the CPU whatever the training device: the model's and the
+    optimizer's ``load_state_dict`` copy each tensor to the device of the parameter it
+    belongs to, and the RNG states must be CPU tensors (NumPy's key array is read back with
+    ``.numpy()``, which fails for a tensor mapped to a GPU).
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    missing = {"model", "optimizer", "schedule", "epoch"} - set(state)
+    if missing:
+        raise ConfigError(f"{path} cannot be resumed from: no {', '.join(sorted(missing))}")
+    unwrap(model).load_state_dict(state["model"])
+    try:
+        load_optimizer_state(optimizer, state["optimizer"])
+    except ValueError as exc:  # other parameter groups: --freeze-backbone / lr scale
+        raise ConfigError(
+            f"{path} was trained with other optimizer parameter groups "
+            f"({exc}); resume with the same --freeze-backbone / --backbone-lr-scale"
+        ) from None
+    scaler.load_state_dict(state.get("scaler") or {})
+    if state["schedule"] != schedule.state_dict():
+        logger.warning(
+            "the checkpoint's LR schedule differs from this configuration's; "
+            "continuing with the checkpoint's: %s",
+            state["schedule"],
+        )
+    schedule.load_state_dict(state["schedule"])
+    if state.get("rng"):
+        restore_rng(state["rng"])
+    start_epoch = int(state["epoch"])
+    logger.info("resumed from %s at epoch %d", path, start_epoch)
+    return start_epoch, state.get("best_metric")
 
 
 def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -517,34 +561,13 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
     start_epoch = 0
     best: float | None = None
     if cfg.resume:
-        state = load_checkpoint(_resume_path(cfg.resume), map_location=device)
-        missing = {"model", "optimizer", "schedule", "epoch"} - set(state)
-        if missing:
-            raise ConfigError(
-                f"{_resume_path(cfg.resume)} cannot be resumed from: "
-                f"no {', '.join(sorted(missing))}"
-            )
-        unwrap(model).load_state_dict(state["model"])
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as exc:  # other parameter groups: --freeze-backbone / lr scale
-            raise ConfigError(
-                f"{_resume_path(cfg.resume)} was trained with other optimizer parameter groups "
-                f"({exc}); resume with the same --freeze-backbone / --backbone-lr-scale"
-            ) from None
-        scaler.load_state_dict(state.get("scaler") or {})
-        if state["schedule"] != schedule.state_dict():
-            logger.warning(
-                "the checkpoint's LR schedule differs from this configuration's; "
-                "continuing with the checkpoint's: %s",
-                state["schedule"],
-            )
-        schedule.load_state_dict(state["schedule"])
-        start_epoch = int(state["epoch"])
-        best = state.get("best_metric")
-        if state.get("rng"):
-            restore_rng(state["rng"])
-        logger.info("resumed from %s at epoch %d", _resume_path(cfg.resume), start_epoch)
+        start_epoch, best = _resume(
+            _resume_path(cfg.resume),
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            schedule=schedule,
+        )
     model = _ddp(model, env)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     out = Path(cfg.out)
@@ -552,7 +575,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         cfg.write_json(out)
         _trim_metrics(out / "metrics.jsonl", start_epoch)
         logger.info(
-            "training %s on %d classes: %d ranks x %d images, %d iters/epoch, lr %.4g, %s, %s",
+            "training %s on %d classes: %d ranks x %d images, %d iters/epoch, lr %.4g, %s (%s), %s",
             cfg.arch,
             len(classes),
             env.world_size,
@@ -560,6 +583,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             len(train_loader),
             cfg.lr,
             precision,
+            "given" if config.precision else precision_reason(precision, device),
             device,
         )
     reporter = Reporter(

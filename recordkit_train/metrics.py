@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["AccuracyMeter", "LossMeter", "topk_correct"]
+__all__ = ["AccuracyMeter", "LossMeter", "read_meters", "topk_correct"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ def topk_correct(
     top = logits.topk(maxk, dim=1).indices  # (B, maxk)
     hits = top.eq(labels.to(top.device).unsqueeze(1))  # (B, maxk); at most one True per row
     cumulative = hits.cumsum(dim=1).sum(dim=0)  # (maxk,) samples hit within the first j+1
-    index = torch.tensor([min(k, num_classes) - 1 for k in ks], device=cumulative.device)
-    return cumulative.index_select(0, index).to(torch.int64)
+    # Python-int indexing selects on the device; an index tensor built from a list would be a
+    # blocking host-to-device copy on CUDA at every step.
+    return torch.stack([cumulative[min(k, num_classes) - 1] for k in ks]).to(torch.int64)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,18 @@ class AccuracyMeter:
         """
         if self._correct is None or self._count is None:
             return {**{f"top{k}": math.nan for k in self.ks}, "samples": 0}
-        *correct, count = torch.cat([self._correct, self._count.reshape(1)]).tolist()
+        return self._compute_from(torch.cat([self._correct, self._count.reshape(1)]).tolist())
+
+    def _state(self, device: torch.device) -> torch.Tensor:
+        correct, count = self._ensure(device)
+        return torch.cat([correct, count.reshape(1)])
+
+    def _load(self, packed: torch.Tensor) -> None:
+        counts = packed.to(torch.int64)  # a copy: packed is float64
+        self._correct, self._count = counts[:-1], counts[-1]
+
+    def _compute_from(self, values: list[float]) -> dict[str, float | int]:
+        *correct, count = values
         result: dict[str, float | int] = {
             f"top{k}": (100.0 * c / count if count else math.nan)
             for k, c in zip(self.ks, correct, strict=True)
@@ -191,5 +203,48 @@ class LossMeter:
         """
         if self._sums is None:
             return {"loss": math.nan, "samples": 0}
-        total, count = self._sums.tolist()
+        return self._compute_from(self._sums.tolist())
+
+    def _state(self, device: torch.device) -> torch.Tensor:
+        return self._ensure(device)
+
+    def _load(self, packed: torch.Tensor) -> None:
+        self._sums = packed.clone()  # float64 already
+
+    @staticmethod
+    def _compute_from(values: list[float]) -> dict[str, float | int]:
+        total, count = values
         return {"loss": total / count if count else math.nan, "samples": int(count)}
+
+
+def read_meters(
+    *meters: AccuracyMeter | LossMeter, reduce: bool = True
+) -> list[dict[str, float | int]]:
+    """Sum several meters over all ranks with one collective and read them with one host sync.
+
+    What a training loop does at a print boundary: instead of one ``all_reduce`` and one
+    ``compute()`` (a device-to-host copy) per meter, the sums travel packed in one float64
+    tensor (exact for counts below 2**53).
+
+    Args:
+        meters: The meters, each updated at least once or empty.
+        reduce: Sum over ranks first (every rank must call this); False reads local sums.
+
+    Returns:
+        Each meter's ``compute()`` result, in order; the meters hold the summed values after.
+    """
+    device = next((m.device for m in meters if m.device is not None), None)
+    device = _reduce_device(device) if reduce else (device or torch.device("cpu"))
+    parts = [m._state(device) for m in meters]
+    packed = torch.cat([p.to(torch.float64) for p in parts])
+    if reduce:
+        packed = _all_reduce_sum(packed)
+    values = packed.tolist()
+    results: list[dict[str, float | int]] = []
+    start = 0
+    for meter, part in zip(meters, parts, strict=True):
+        end = start + part.numel()
+        meter._load(packed[start:end])
+        results.append(meter._compute_from(values[start:end]))
+        start = end
+    return results

@@ -39,6 +39,7 @@ from recordkit.loaders.decode import ValDecode
 from recordkit.loaders.torch_loader import normalize_batch
 from recordkit_train.checkpoint import load_checkpoint
 from recordkit_train.config import ConfigError, TrainConfig
+from recordkit_train.devices import DeviceError, cuda_problem
 from recordkit_train.models import build_model
 
 __all__ = [
@@ -236,6 +237,9 @@ class Predictor:
 
     def __init__(self, trained: TrainedModel, device: str | torch.device | None = None) -> None:
         if device is None:
+            problem = cuda_problem()
+            if problem:
+                raise DeviceError(problem)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.trained = trained
         self.device = torch.device(device)
@@ -324,8 +328,11 @@ class Predictor:
                 if good:
                     batch = torch.stack([loaded[i] for i in good])  # type: ignore[misc]
                     top = torch.softmax(self.logits(batch), dim=1).topk(k, dim=1)
-                    for i, idx, val in zip(good, top.indices, top.values, strict=True):
-                        scores[i] = (idx.tolist(), val.tolist())
+                    # One device-to-host copy per batch, not two per row (float64 holds the
+                    # class indices and the float32 probabilities exactly).
+                    rows = torch.cat([top.indices.double(), top.values.double()], 1).tolist()
+                    for i, row in zip(good, rows, strict=True):
+                        scores[i] = ([int(x) for x in row[:k]], row[k:])
                 for i, (path, img) in enumerate(zip(chunk, loaded, strict=True)):
                     if isinstance(img, PredictFailure):
                         yield img
