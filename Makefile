@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo clean proto
+.PHONY: venv test lint demo clean proto gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,18 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# tools/gpu_check.py on a GPU machine without network (docs/BENCHMARKS.md, "How to measure a
+# GPU machine"): its image has torch, torchvision, OpenCV, Pillow, click and tqdm, not crc32c,
+# and maybe a protobuf older than example_pb2.py needs. `make gpu-wheels` puts those two
+# (for the GPU machine's Python, GPU_PY) into .whl/, which the device command installs
+# with `pip install --no-index --target`.
+GPU_PY ?= 3.12
+gpu-wheels:
+	rm -rf .whl
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version $(GPU_PY) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl "crc32c>=2.4" "protobuf>=6.31.1"
+
+gpu-check:
+	PYTHONPATH=. $(PYTHON) tools/gpu_check.py --out gpu-check

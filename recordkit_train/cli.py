@@ -98,7 +98,8 @@ def main(verbose: int) -> None:
     "--precision",
     type=click.Choice(["fp16", "bf16", "fp32"]),
     default=None,
-    help="Default: fp16 on CUDA, bf16 on CPU.",
+    help="Default: fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16, AMX, "
+    "Arm BF16), else fp32.",
 )
 @click.option("--lr", type=float, default=None, help="Peak LR. Default: base-lr x global/256.")
 @click.option("--base-lr", type=float, default=0.256, show_default=True, help="LR per 256.")
@@ -118,6 +119,11 @@ def main(verbose: int) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers.")
 @click.option(
     "--backend", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True
+)
+@click.option(
+    "--gpu-decode",
+    is_flag=True,
+    help="Torch backend on CUDA: decode JPEGs on the GPU (nvJPEG) instead of in CPU workers.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--print-freq", type=click.IntRange(min=1), default=10, show_default=True)

@@ -62,6 +62,9 @@ class TrainConfig:
         channels_last: NHWC memory format; None: on for CUDA, off otherwise.
         workers: Loader workers per rank; None: the loader's default.
         backend: Loader backend (``auto``, ``dali``, ``torch``).
+        gpu_decode: Torch backend on CUDA: decode JPEGs on the GPU (nvJPEG through
+            torchvision) instead of in the CPU workers; the choice for a GPU machine without
+            DALI and with few CPU cores per GPU.
         seed: Base seed for initialisation, order and augmentation.
         print_freq: Iterations between training log lines (and metric syncs).
         eval_every: Validate every N epochs (and after the last).
@@ -100,6 +103,7 @@ class TrainConfig:
     channels_last: bool | None = None
     workers: int | None = None
     backend: str = "auto"
+    gpu_decode: bool = False
     seed: int = 0
     print_freq: int = 10
     eval_every: int = 1

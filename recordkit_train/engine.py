@@ -130,6 +130,7 @@ def _make_loaders(
         "channels_last": bool(cfg.channels_last),
         "num_workers": cfg.workers,
         "seed": cfg.seed,
+        "gpu_decode": cfg.gpu_decode and device.type == "cuda",
     }
     if "train" not in ds:
         raise ConfigError(f"{cfg.data} has no 'train' split (splits: {', '.join(ds)})")
