@@ -51,7 +51,7 @@ from recordkit_train.precision import (
 from recordkit_train.pretrained import setup_finetuning
 from recordkit_train.reporting import Reporter, progress_enabled
 
-__all__ = ["benchmark", "evaluate", "evaluate_checkpoint", "train"]
+__all__ = ["benchmark", "evaluate", "evaluate_checkpoint", "loader_dtype", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,16 @@ def evaluate(
     return result
 
 
+def loader_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The image dtype the loaders hand over: float16 for fp16 on CUDA, else float32.
+
+    Under fp16 autocast the first convolution casts its input to float16 anyway; producing
+    float16 in the loader (DALI's ``crop_mirror_normalize`` writes it directly) halves the
+    batch's bytes. bfloat16 stays float32 here: DALI has no bfloat16 output.
+    """
+    return torch.float16 if precision == "fp16" and device.type == "cuda" else torch.float32
+
+
 def _make_loaders(
     cfg: TrainConfig, ds: recordkit.Dataset, device: torch.device, *, val: bool = True
 ) -> tuple[Any, Any | None]:
@@ -127,6 +137,7 @@ def _make_loaders(
         "image_size": cfg.image_size,
         "backend": cfg.backend,
         "device": device,
+        "dtype": loader_dtype(str(cfg.precision), device),
         "channels_last": bool(cfg.channels_last),
         "num_workers": cfg.workers,
         "seed": cfg.seed,
@@ -777,6 +788,7 @@ def evaluate_checkpoint(
             image_size=cfg.image_size,
             backend=backend,
             device=env.device,
+            dtype=loader_dtype(prec, env.device),
             channels_last=bool(cfg.channels_last),
             train=False,
             drop_last=False,

@@ -66,6 +66,30 @@ def test_training_steps_make_no_host_sync(
     assert syncs.count("evaluate") == 1, syncs.where("evaluate")
 
 
+def test_loaders_hand_over_the_autocast_dtype(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda", 0)
+    assert engine.loader_dtype("fp16", cuda) is torch.float16
+    assert engine.loader_dtype("bf16", cuda) is torch.float32
+    assert engine.loader_dtype("fp16", torch.device("cpu")) is torch.float32
+    seen: list[dict[str, object]] = []
+
+    class _Loader:
+        def __len__(self) -> int:
+            return 1
+
+    def spy(ds: object, split: str, **kwargs: object) -> _Loader:
+        seen.append({"split": split, **kwargs})
+        return _Loader()
+
+    monkeypatch.setattr(engine.recordkit, "make_loader", spy)
+    cfg = tiny_config(data, Path("unused"), precision="fp16")
+    engine._make_loaders(cfg, engine.recordkit.open(data), cuda)
+    assert [(k["split"], k["dtype"], k["device"]) for k in seen] == [
+        ("train", torch.float16, cuda),
+        ("val", torch.float16, cuda),
+    ]
+
+
 def test_topk_counts_need_no_host_values() -> None:
     from recordkit_train.metrics import topk_correct
 
