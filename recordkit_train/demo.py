@@ -7,8 +7,8 @@ ImageNet, printing each one so it can be copied::
     → recordkit-train predict
 
 and ends with the validation top-1 of the trained ResNet-18. The defaults (2,000 images,
-ResNet-18 at 56 px, 6 epochs) learn the task — well above 90 % top-1 — in about a minute of
-training on two cores. ``make demo`` runs it.
+ResNet-18 at 32 px, 4 epochs) learn the task — well above 90 % top-1 — in about a minute on
+two cores, also on an AVX2-only CPU in fp32 (docs/BENCHMARKS.md). ``make demo`` runs it.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ class DemoSettings:
     size: int = 96
     resize: int = 64
     arch: str = "resnet18"
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 64
-    image_size: int = 56
+    image_size: int = 32
     lr: float = 0.2
     workers: int | None = None
     device: str | None = None

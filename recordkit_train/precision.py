@@ -85,7 +85,7 @@ def cpu_bf16_support() -> str | None:
     ``/proc/cpuinfo``); Arm: the BF16 extension (``bf16`` in ``/proc/cpuinfo``). Without
     them oneDNN emulates bfloat16 with float32 instructions plus conversions, which is slower
     than plain float32: ResNet-18, 56 px, batch 16, 2 threads on an AVX-512 CPU without
-    AVX512-BF16 measured 55 samples/s with bf16 autocast vs 95 in fp32 (``docs/TRAINING.md``).
+    AVX512-BF16 measured 57 samples/s with bf16 autocast vs 102 in fp32 (``docs/TRAINING.md``).
 
     Returns:
         ``"avx512_bf16"``, ``"amx_bf16"`` or ``"bf16"`` (Arm), or None.
@@ -119,7 +119,7 @@ def precision_reason(precision: str, device: torch.device | str) -> str:
         device: Where training runs.
 
     Returns:
-        A few words, e.g. ``"default on CUDA"`` or ``"default: CPU without native bf16"``.
+        A few words, e.g. ``"default on CUDA"`` or ``"default: this CPU has no native bf16"``.
     """
     device = _as_device(device)
     if device.type == "cuda":
@@ -127,8 +127,8 @@ def precision_reason(precision: str, device: torch.device | str) -> str:
     if device.type == "cpu":
         support = cpu_bf16_support()
         if support:
-            return f"default: CPU with native bf16 ({support})"
-        return "default: CPU without native bf16 (no AVX512-BF16/AMX/Arm BF16)"
+            return f"default: this CPU has native bf16 ({support})"
+        return "default: this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16)"
     return f"default on {device.type}"
 
 
@@ -142,7 +142,7 @@ def resolve_precision(requested: str | None, device: torch.device | str) -> str:
       BF16): ``bf16``. Measured on an AMD EPYC with AVX512-BF16 (2 cores, 2 threads): one
       ResNet-18 SGD train step, batch 32 at 64x64 px, median bf16 autocast 113 ms (283 img/s)
       vs fp32 176 ms (182 img/s), 1.2x-1.5x over three runs.
-    - Any other CPU: ``fp32``. There bf16 is emulated and slower: 55 vs 95 samples/s on an
+    - Any other CPU: ``fp32``. There bf16 is emulated and slower: 57 vs 102 samples/s on an
       AVX-512 CPU without AVX512-BF16 (ResNet-18, 56 px, batch 16), and 2.4 vs 38.7 on an
       AVX2-only AMD EPYC.
     - Other devices (``mps``, ...): ``fp32``.

@@ -228,7 +228,7 @@ def test_training_log_says_why_this_precision(
     caplog.set_level(logging.INFO, logger="recordkit_train.engine")
     cfg = tiny_config(data, tmp_path, epochs=1, image_size=16, precision=None)
     train(cfg, device="cpu")
-    assert "fp32 (default: CPU without native bf16" in caplog.text
+    assert "fp32 (default: this CPU has no native bf16" in caplog.text
 
 
 # -- a CUDA torch that cannot use the driver is an error, not a CPU run ---------------------
