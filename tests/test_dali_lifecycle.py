@@ -1,0 +1,153 @@
+"""The loader's node contracts, on CPU: workers per rank and device per rank.
+
+- Threads/workers per rank follow ``sched_getaffinity`` / ``LOCAL_WORLD_SIZE`` (contract 12).
+- ``device="cuda"`` resolves to this rank's GPU (``LOCAL_RANK``) for both backends.
+
+DALI cases carry the ``dali`` marker and run DALI's CPU pipeline (``device_id=None``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import write_shards
+from test_loaders import png_record
+
+from recordkit.loaders import factory
+from recordkit.loaders.factory import default_workers, make_loader, resolve_device
+
+NUM_TRAIN = 30
+NUM_VAL = 23
+SIZE = 16
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lifecycle_shards")
+    return write_shards(
+        root,
+        {
+            "train": [png_record(i) for i in range(NUM_TRAIN)],
+            "val": [png_record(i) for i in range(NUM_VAL)],
+        },
+        records_per_shard=7,
+    )
+
+
+def dali_loader(path: Path, split: str = "val", **kw: Any) -> Any:
+    pytest.importorskip("nvidia.dali")
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("image_size", SIZE)
+    kw.setdefault("num_workers", 1)
+    return make_loader(path, split, backend="dali", **kw)
+
+
+# -- threads / workers per rank (defect: 16 per rank whatever the ranks per node) -----------
+
+
+@pytest.mark.parametrize(
+    ("cpus", "local_world", "expected"),
+    [(96, "8", 12), (96, None, 16), (20, "4", 5), (8, "8", 1), (4, "8", 1), (2, None, 2)],
+)
+def test_default_workers_share_the_cpus_among_the_local_ranks(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, local_world: str | None, expected: int
+) -> None:
+    monkeypatch.setattr(factory.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert default_workers() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "eight"])
+def test_a_bad_local_world_size_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
+    with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE"):
+        default_workers()
+
+
+class _Recorder:
+    """Stands in for TorchLoader: records the keyword arguments make_loader passes."""
+
+    seen: dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        type(self).seen = kw
+
+
+@pytest.mark.dali
+def test_make_loader_sizes_both_backends_per_rank(
+    shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recordkit.loaders.torch_loader as torch_loader
+
+    monkeypatch.setattr(factory.os, "sched_getaffinity", lambda pid: set(range(96)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    ld = dali_loader(shards, num_workers=None)
+    assert ld.num_threads == 12
+    monkeypatch.setattr(torch_loader, "TorchLoader", _Recorder)
+    make_loader(shards, "val", 4, image_size=SIZE, backend="torch")
+    assert _Recorder.seen["num_workers"] == 12
+
+
+# -- device per rank (defect: "cuda" put every rank on GPU 0) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("device", "local_rank", "count", "expected"),
+    [
+        ("cuda", "3", 8, "cuda:3"),
+        ("cuda", "3", 0, "cuda:3"),  # no GPU visible here: the index is LOCAL_RANK itself
+        ("cuda", "3", 2, "cuda:1"),  # fewer visible GPUs than local ranks: modulo, as setup()
+        ("cuda", "3", 1, "cuda:0"),  # one GPU per rank via CUDA_VISIBLE_DEVICES
+        ("cuda:5", "3", 8, "cuda:5"),  # an explicit index wins
+        ("cpu", "3", 8, "cpu"),
+        ("cuda", None, 8, "cuda:0"),  # no torchrun, CUDA not initialised
+    ],
+)
+def test_resolve_device(
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    local_rank: str | None,
+    count: int,
+    expected: str,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert resolve_device(device, device_count=count) == torch.device(expected)
+
+
+def test_resolve_device_without_torchrun_keeps_the_current_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        resolve_device("cuda")
+
+
+@pytest.mark.dali
+def test_make_loader_puts_each_rank_on_its_gpu(
+    shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing touches CUDA until iteration, so the device choice is checked on CPU."""
+    import recordkit.loaders.torch_loader as torch_loader
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    ld = dali_loader(shards, device="cuda")
+    assert ld.device == torch.device("cuda", 1) and ld.device_id == 1
+    monkeypatch.setattr(torch_loader, "TorchLoader", _Recorder)
+    make_loader(shards, "val", 4, image_size=SIZE, backend="torch", device="cuda")
+    assert _Recorder.seen["device"] == torch.device("cuda", 1)
