@@ -1,7 +1,8 @@
-"""The loader's node contracts, on CPU: workers per rank and device per rank.
+"""The loader's node and GPU contracts, on CPU: workers and device per rank, DALI decoder memory.
 
 - Threads/workers per rank follow ``sched_getaffinity`` / ``LOCAL_WORLD_SIZE`` (contract 12).
 - ``device="cuda"`` resolves to this rank's GPU (``LOCAL_RANK``) for both backends.
+- Only the training decoder preallocates GPU/pinned memory, sized from the manifest.
 
 DALI cases carry the ``dali`` marker and run DALI's CPU pipeline (``device_id=None``).
 """
@@ -16,6 +17,7 @@ import torch
 from conftest import write_shards
 from test_loaders import png_record
 
+from recordkit import Manifest, read_manifest, write_manifest
 from recordkit.loaders import factory
 from recordkit.loaders.factory import default_workers, make_loader, resolve_device
 
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lifecycle_shards")
-    return write_shards(
+    write_shards(
         root,
         {
             "train": [png_record(i) for i in range(NUM_TRAIN)],
@@ -36,6 +38,11 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         records_per_shard=7,
     )
+    # As `recordkit pack --resize 40` records it (per split), and val packed with a centre crop.
+    m = read_manifest(root)
+    pack = {"splits": {"train": {"resize": 40}, "val": {"resize": 24, "center_crop": True}}}
+    write_manifest(Manifest(classes=m.classes, splits=m.splits, pack=pack), root)
+    return root
 
 
 def dali_loader(path: Path, split: str = "val", **kw: Any) -> Any:
@@ -151,3 +158,84 @@ def test_make_loader_puts_each_rank_on_its_gpu(
     monkeypatch.setattr(torch_loader, "TorchLoader", _Recorder)
     make_loader(shards, "val", 4, image_size=SIZE, backend="torch", device="cuda")
     assert _Recorder.seen["device"] == torch.device("cuda", 1)
+
+
+# -- DALI decoder memory (defect: ImageNet paddings on the validation decoder too) ----------
+
+
+@pytest.mark.dali
+def test_decoder_kwargs_pad_only_the_training_decoder() -> None:
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    rgb = dali.types.RGB
+    assert dali.decoder_kwargs(train=True, gpu=False, max_image=(960, 480)) == {
+        "device": "cpu",
+        "output_type": rgb,
+    }
+    assert dali.decoder_kwargs(train=False, gpu=False) == {"device": "cpu", "output_type": rgb}
+    assert dali.decoder_kwargs(train=False, gpu=True, max_image=(960, 480)) == {
+        "device": "mixed",
+        "output_type": rgb,
+        "hw_decoder_load": 0.65,
+        "device_memory_padding": 0,
+        "host_memory_padding": 0,
+    }
+    # pack --resize 480: at most 960 x 480 px -> 9 and 6 bytes per pixel, hints = long side.
+    assert dali.decoder_kwargs(train=True, gpu=True, max_image=(960, 480)) == {
+        "device": "mixed",
+        "output_type": rgb,
+        "hw_decoder_load": 0.65,
+        "device_memory_padding": 9 * 960 * 480,
+        "host_memory_padding": 6 * 960 * 480,
+        "preallocate_width_hint": 960,
+        "preallocate_height_hint": 960,
+    }
+    # Sizes round up to 16-px MCUs.
+    kw = dali.decoder_kwargs(train=True, gpu=True, max_image=(100, 50))
+    assert kw["device_memory_padding"] == 9 * 112 * 64
+    # Unknown size: DALI's ResNet-50 example values (ImageNet's largest image).
+    kw = dali.decoder_kwargs(train=True, gpu=True)
+    assert kw["device_memory_padding"] == 211025920 and kw["host_memory_padding"] == 140544512
+    assert (kw["preallocate_width_hint"], kw["preallocate_height_hint"]) == (5980, 6430)
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize(
+    ("pack", "split", "expected"),
+    [
+        ({"splits": {"train": {"resize": 480}}}, "train", (960, 480)),
+        ({"splits": {"train": {"resize": 480, "center_crop": True}}}, "train", (480, 480)),
+        ({"splits": {"train": {"resize": 0}}}, "train", None),
+        ({"splits": {"train": {"resize": 480, "pass_through": True}}}, "train", None),
+        ({"splits": {"train": {"converted_from": "mxnet-rec"}}}, "train", None),
+        ({"resize": 480, "splits": {"val": {"resize": 480}}}, "train", None),  # per split
+        ({"resize": 320}, "train", (640, 320)),  # a manifest without per-split parameters
+        ({}, "train", None),
+    ],
+)
+def test_pack_image_bound(pack: dict[str, Any], split: str, expected: Any) -> None:
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    assert dali.pack_image_bound(pack, split) == expected
+
+
+@pytest.mark.dali
+def test_the_manifest_bound_reaches_the_decoder(
+    shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    seen: list[dict[str, Any]] = []
+    real = dali.decoder_kwargs
+
+    def spy(**kw: Any) -> dict[str, Any]:
+        seen.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(dali, "decoder_kwargs", spy)
+    train = dali_loader(shards, "train")
+    val = dali_loader(shards, "val")
+    assert train.max_image == (80, 40) and val.max_image == (24, 24)
+    next(iter(train))
+    next(iter(val))
+    assert seen == [
+        {"train": True, "gpu": False, "max_image": (80, 40)},
+        {"train": False, "gpu": False, "max_image": (24, 24)},
+    ]

@@ -15,6 +15,14 @@ the same contiguous formula as :func:`recordkit.partition`):
 - validation: ``decoders.image`` → ``resize(resize_shorter=int(S / 0.875))`` →
   ``crop_mirror_normalize(crop=(S, S))`` (a centre crop).
 
+Decoder memory (:func:`decoder_kwargs`): only the training decoder preallocates nvJPEG buffers
+(``device_memory_padding``: one device buffer per thread; ``host_memory_padding``: two pinned
+host buffers per thread) and the hardware decoder's (``preallocate_width_hint`` / ``_height_``),
+sized for the largest image the manifest's pack parameters allow (:func:`pack_image_bound`:
+``recordkit pack --resize R`` stores images whose shorter side is at most R; the longer side is
+assumed at most ``2 R``) or, when they do not tell, for ImageNet's largest as in DALI's example.
+The validation decoder sets both paddings to 0: its buffers grow to what its images need.
+
 Exactly once: the reader pads its last batch (``pad_last_batch=True``, repeating the last
 record) and :class:`DaliLoader` drives the pipeline itself (``schedule_run`` /
 ``share_outputs``, DLPack into torch as ``DALIGenericIterator`` does): it schedules exactly
@@ -37,7 +45,8 @@ shuffle plenty.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -61,16 +70,37 @@ from recordkit.format.example import KEY_ENCODED, KEY_LABEL
 from recordkit.loaders.augment import Augment, val_resize_size
 from recordkit.loaders.sampling import batches_per_rank, epoch_seed
 
-__all__ = ["DaliLoader", "build_pipeline", "decode_augment"]
+__all__ = [
+    "DaliLoader",
+    "build_pipeline",
+    "decode_augment",
+    "decoder_kwargs",
+    "pack_image_bound",
+]
 
 log = logging.getLogger(__name__)
 
 READER_NAME = "Reader"
-# From DALI's ResNet-50 example: share of JPEG decoding sent to the A100/H100 hardware decoder,
-# and host/device buffer preallocation that avoids reallocation during the first iterations.
+# From DALI's ResNet-50 example: share of JPEG decoding sent to the A100/H100 hardware decoder.
 HW_DECODER_LOAD = 0.65
-DEVICE_MEMORY_PADDING = 211025920
-HOST_MEMORY_PADDING = 140544512
+# DALI's ResNet-50 example sizes the training decoder's nvJPEG buffers for ImageNet's largest
+# image: one device buffer and two pinned host buffers per thread, and the hardware decoder's
+# preallocation for the largest width and height in the data set. Used when the manifest does
+# not bound the image size.
+IMAGENET_DEVICE_MEMORY_PADDING = 211025920
+IMAGENET_HOST_MEMORY_PADDING = 140544512
+IMAGENET_WIDTH_HINT = 5980
+IMAGENET_HEIGHT_HINT = 6430
+# nvJPEG's hybrid decoder keeps the Huffman-decoded DCT coefficients (int16, three full-size
+# components at worst, 4:4:4) in pinned memory: 6 bytes per pixel; on the device those plus the
+# 8-bit planes: 9. (A model, not a measurement: the example's two paddings are 6 and 9 bytes
+# per pixel of the same ~23.4-Mpx image, within 0.1 %.) This scales them to the data's
+# largest image.
+HOST_BYTES_PER_PIXEL = 6
+DEVICE_BYTES_PER_PIXEL = 9
+# ``pack --resize R`` bounds the shorter side; the longer one is assumed at most 2 R (4:3 and
+# 16:9 photos fit; a wider panorama makes that thread's nvJPEG buffer grow once, no error).
+MAX_ASPECT = 2.0
 
 _DALI_DTYPES = {torch.float16: types.FLOAT16, torch.float32: types.FLOAT}
 
@@ -84,6 +114,80 @@ def default_initial_fill(records: int, batch_size: int) -> int:
     return max(1, min(records, max(1024, 4 * batch_size)))
 
 
+def pack_image_bound(pack: Mapping[str, Any], split: str) -> tuple[int, int] | None:
+    """The largest decoded image of ``split`` as ``(long side, short side)``, if the pack tells.
+
+    Reads the manifest's pack parameters (``Manifest.pack``; per split under ``"splits"``, as
+    ``recordkit pack`` and ``convert-rec`` write them, else the top-level ones):
+    ``resize = R`` with ``center_crop`` stores at most ``R x R``; without it the shorter side is
+    at most ``R`` and the longer side is assumed at most ``MAX_ASPECT * R``. ``resize = 0``,
+    ``pass_through`` (original bytes) and converted splits give None (no bound known).
+    """
+    per_split = pack.get("splits")
+    params = per_split.get(split) if isinstance(per_split, Mapping) else pack
+    if not isinstance(params, Mapping) or params.get("pass_through"):
+        return None
+    try:
+        r = int(params.get("resize") or 0)
+    except (TypeError, ValueError):
+        return None
+    if r <= 0:
+        return None
+    if params.get("center_crop"):
+        return r, r
+    return math.ceil(MAX_ASPECT * r), r
+
+
+def _mcu(n: int) -> int:
+    """Round up to a JPEG MCU (16 px), the granularity nvJPEG allocates its planes in."""
+    return -(-n // 16) * 16
+
+
+def decoder_kwargs(
+    *, train: bool, gpu: bool, max_image: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of the pipeline's image decoder (a GPU contract with a CPU test).
+
+    Args:
+        train: The training decoder (``image_random_crop``), else validation (``image``).
+        gpu: ``"mixed"`` decoding on the GPU, else ``"cpu"`` (then no memory arguments at all).
+        max_image: ``(long side, short side)`` of the largest stored image
+            (:func:`pack_image_bound`); None: DALI's ResNet-50 example values (ImageNet).
+
+    Returns:
+        ``device`` and ``output_type``; on a GPU ``hw_decoder_load`` too, and for training
+        ``device_memory_padding`` (one device buffer per thread), ``host_memory_padding`` (two
+        pinned buffers per thread) and ``preallocate_width_hint`` / ``_height_hint`` (the
+        hardware decoder's pool; an image is either orientation, so both are the long side).
+        Validation sets both paddings to 0 (DALI's defaults would preallocate 16 MiB + 2 x 8
+        MiB per thread): its buffers grow to what its images need, no more.
+    """
+    kw: dict[str, Any] = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
+    if not gpu:
+        return kw
+    kw["hw_decoder_load"] = HW_DECODER_LOAD
+    if not train:
+        kw.update(device_memory_padding=0, host_memory_padding=0)
+        return kw
+    if max_image is None:
+        kw.update(
+            device_memory_padding=IMAGENET_DEVICE_MEMORY_PADDING,
+            host_memory_padding=IMAGENET_HOST_MEMORY_PADDING,
+            preallocate_width_hint=IMAGENET_WIDTH_HINT,
+            preallocate_height_hint=IMAGENET_HEIGHT_HINT,
+        )
+        return kw
+    long, short = max_image
+    pixels = _mcu(long) * _mcu(short)
+    kw.update(
+        device_memory_padding=DEVICE_BYTES_PER_PIXEL * pixels,
+        host_memory_padding=HOST_BYTES_PER_PIXEL * pixels,
+        preallocate_width_hint=long,
+        preallocate_height_hint=long,
+    )
+    return kw
+
+
 def decode_augment(
     jpegs: Any,
     *,
@@ -93,19 +197,15 @@ def decode_augment(
     gpu: bool,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    max_image: tuple[int, int] | None = None,
 ) -> Any:
     """The decode + augment part of the pipeline graph (call inside a pipeline definition).
 
     Shared by :func:`build_pipeline` and ``tools/bench_loader.py``'s ``fn.readers.file``
-    pipeline, so that both run exactly the same operators.
+    pipeline, so that both run exactly the same operators. ``max_image`` sizes the training
+    decoder's GPU buffers (:func:`decoder_kwargs`).
     """
-    dec_kw: dict[str, Any] = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
-    if gpu:
-        dec_kw.update(
-            hw_decoder_load=HW_DECODER_LOAD,
-            device_memory_padding=DEVICE_MEMORY_PADDING,
-            host_memory_padding=HOST_MEMORY_PADDING,
-        )
+    dec_kw = decoder_kwargs(train=train, gpu=gpu, max_image=max_image)
     if train:
         images = fn.decoders.image_random_crop(
             jpegs,
@@ -160,6 +260,7 @@ def build_pipeline(
     channels_last: bool = False,
     prefetch: int = 2,
     initial_fill: int = 1024,
+    max_image: tuple[int, int] | None = None,
 ) -> Pipeline:
     """Build (but do not run) the DALI pipeline for one rank; see the module docstring.
 
@@ -180,6 +281,8 @@ def build_pipeline(
         channels_last: Produce ``HWC`` per sample (NHWC batches) instead of ``CHW``.
         prefetch: ``prefetch_queue_depth``.
         initial_fill: Reader shuffle buffer size.
+        max_image: ``(long, short)`` side of the largest stored image, for the training
+            decoder's GPU buffers (:func:`decoder_kwargs`); None: DALI's ImageNet values.
 
     Returns:
         The pipeline, with outputs ``(images, labels)``; labels are int64 ``(B, L)`` padded with
@@ -213,6 +316,7 @@ def build_pipeline(
             gpu=gpu,
             dtype=dtype,
             channels_last=channels_last,
+            max_image=max_image,
         )
         labels = fn.pad(labels, fill_value=-1)
         if gpu:
@@ -289,6 +393,7 @@ class DaliLoader:
         prefetch: int,
         multi_label: bool,
         initial_fill: int | None = None,
+        max_image: tuple[int, int] | None = None,
     ) -> None:
         if len(split) < world_size:
             raise ValueError(
@@ -311,6 +416,7 @@ class DaliLoader:
         self.num_threads = num_threads
         self.prefetch = prefetch
         self.multi_label = multi_label
+        self.max_image = max_image
         part = len(partition(len(split), rank, world_size))
         self.initial_fill = initial_fill or default_initial_fill(part, batch_size)
         self.epoch = 0
@@ -351,6 +457,7 @@ class DaliLoader:
             channels_last=self.channels_last,
             prefetch=self._depth,
             initial_fill=self.initial_fill,
+            max_image=self.max_image,
         )
 
     @property

@@ -231,7 +231,7 @@ def make_loader(
         train,
     )
     if backend == "dali":
-        from recordkit.loaders.dali import DaliLoader
+        from recordkit.loaders.dali import DaliLoader, pack_image_bound
 
         return DaliLoader(
             sp,
@@ -251,6 +251,7 @@ def make_loader(
             prefetch=prefetch,
             multi_label=multi_label,
             initial_fill=initial_fill,
+            max_image=pack_image_bound(ds.manifest.pack, split),
         )
 
     from recordkit.loaders.decode import EncodedDecode, TrainDecode, ValDecode
