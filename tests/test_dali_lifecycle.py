@@ -1,25 +1,34 @@
-"""The loader's node and GPU contracts, on CPU: workers and device per rank, DALI decoder memory.
+"""The loader's GPU/node contracts, on CPU: workers per rank, device per rank, DALI memory and
+pipeline lifecycle.
 
 - Threads/workers per rank follow ``sched_getaffinity`` / ``LOCAL_WORLD_SIZE`` (contract 12).
 - ``device="cuda"`` resolves to this rank's GPU (``LOCAL_RANK``) for both backends.
 - Only the training decoder preallocates GPU/pinned memory, sized from the manifest.
+- DALI pipelines: the epoch's last batch never waits for the next epoch's build (done on a
+  background thread whose errors reach the consumer), no pipeline past ``epochs``, and one
+  pipeline for every pass of a validation loader, giving identical, exactly-once batches.
 
 DALI cases carry the ``dali`` marker and run DALI's CPU pipeline (``device_id=None``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from conftest import write_shards
-from test_loaders import png_record
+from test_loaders import identify, png_record
 
 from recordkit import Manifest, read_manifest, write_manifest
+from recordkit.dataset import partition
 from recordkit.loaders import factory
 from recordkit.loaders.factory import default_workers, make_loader, resolve_device
+from recordkit.loaders.sampling import epoch_seed
 
 NUM_TRAIN = 30
 NUM_VAL = 23
@@ -51,6 +60,35 @@ def dali_loader(path: Path, split: str = "val", **kw: Any) -> Any:
     kw.setdefault("image_size", SIZE)
     kw.setdefault("num_workers", 1)
     return make_loader(path, split, backend="dali", **kw)
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[dict[str, Any]]]:
+    """``builds(delay=0.0, fail_on=None)``: count DALI pipeline builds (optionally slowed down
+    or failing on the n-th, 1-based), returning the list the calls are recorded in."""
+
+    def install(delay: float = 0.0, fail_on: int | None = None) -> list[dict[str, Any]]:
+        dali = pytest.importorskip("recordkit.loaders.dali")
+        real = dali.build_pipeline
+        calls: list[dict[str, Any]] = []
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            calls.append(kw)
+            n = len(calls)
+            if delay and n > 1:
+                time.sleep(delay)
+            if fail_on == n:
+                raise RuntimeError(f"boom in build {n}")
+            return real(*args, **kw)
+
+        monkeypatch.setattr(dali, "build_pipeline", counting)
+        return calls
+
+    return install
+
+
+def take(ld: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x.clone(), y.clone()) for x, y in ld]
 
 
 # -- threads / workers per rank (defect: 16 per rank whatever the ranks per node) -----------
@@ -239,3 +277,164 @@ def test_the_manifest_bound_reaches_the_decoder(
         {"train": True, "gpu": False, "max_image": (80, 40)},
         {"train": False, "gpu": False, "max_image": (24, 24)},
     ]
+
+
+# -- DALI pipeline lifecycle (defect: builds on the critical path, rebuilt validation) -----
+
+
+@pytest.mark.dali
+def test_the_last_batch_does_not_wait_for_the_next_epochs_build(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]]
+) -> None:
+    calls = builds(delay=1.0)  # every build after the first takes 1 s more
+    ld = dali_loader(shards, "train", seed=3)
+    it = iter(ld)
+    waits = []
+    for _ in range(len(ld)):
+        t = time.perf_counter()
+        next(it)
+        waits.append(time.perf_counter() - t)
+    assert max(waits) < 0.5, waits  # the 1-s build of epoch 1 runs on the builder thread
+    assert ld._ahead is not None and ld._ahead.epoch == 1  # started by the end of epoch 0
+    with pytest.raises(StopIteration):
+        next(it)
+    ld.set_epoch(1)
+    t = time.perf_counter()
+    first = next(iter(ld))  # joins the build: whatever of the 1 s is left
+    assert time.perf_counter() - t > 0.2
+    assert len(calls) == 2  # ... and builds nothing itself
+    fresh = dali_loader(shards, "train", seed=3)
+    fresh.set_epoch(1)
+    x, y = next(iter(fresh))
+    assert torch.equal(first[0], x) and torch.equal(first[1], y)
+    ld.close()
+    fresh.close()
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize(("epochs", "expected"), [(2, 2), (None, 3)])
+def test_no_pipeline_is_built_past_the_last_epoch(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]], epochs: int | None, expected: int
+) -> None:
+    calls = builds()
+    ld = dali_loader(shards, "train", epochs=epochs, seed=1)
+    seqs = []
+    for e in range(2):
+        ld.set_epoch(e)
+        seqs.append(collect_ids(ld))
+    ld.close()
+    assert len(calls) == expected
+    assert [c["seed"] for c in calls] == [epoch_seed(1, e, 1) for e in range(expected)]
+    assert seqs[0] != seqs[1] and all(len(s) == len(ld) * 4 for s in seqs)
+    assert ld._ahead is None
+
+
+@pytest.mark.dali
+def test_a_resumed_run_prepares_only_the_epochs_left(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]]
+) -> None:
+    calls = builds()
+    ld = dali_loader(shards, "train", epochs=3)
+    ld.set_epoch(2)  # resumed at the last epoch
+    take(ld)
+    assert len(calls) == 1 and ld._ahead is None
+
+
+@pytest.mark.dali
+def test_a_failed_background_build_is_raised_by_the_next_epoch(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]]
+) -> None:
+    builds(fail_on=2)
+    ld = dali_loader(shards, "train")
+    assert len(take(ld)) == len(ld)  # epoch 0 is whole; epoch 1's build failed meanwhile
+    ld.set_epoch(1)
+    with pytest.raises(RuntimeError, match="boom in build 2"):
+        next(iter(ld))
+    assert len(take(ld)) == len(ld)  # raised once; the next pass builds again
+    ld.close()
+
+
+@pytest.mark.dali
+def test_close_joins_the_builder_and_logs_a_failure(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    builds(delay=0.3, fail_on=2)
+    ld = dali_loader(shards, "train")
+    take(ld)
+    executor = ld._executor
+    assert ld._ahead is not None and not ld._ahead.future.done()
+    with caplog.at_level(logging.WARNING, logger="recordkit.loaders.dali"):
+        ld.close()
+    assert ld._ahead is None and ld._executor is None
+    assert not any(t.is_alive() for t in executor._threads)
+    assert "epoch 1 failed to build" in caplog.text and "boom in build 2" in caplog.text
+
+
+def collect_ids(ld: Any) -> list[int]:
+    return [i for x, _ in ld for i in identify(x)]
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize(
+    ("world", "batch", "drop_last"),
+    [(1, 4, False), (3, 5, False), (5, 2, False), (4, 7, False), (3, 5, True)],
+)
+def test_validation_keeps_one_pipeline_and_repeats_its_batches(
+    shards: Path,
+    builds: Callable[..., list[dict[str, Any]]],
+    world: int,
+    batch: int,
+    drop_last: bool,
+) -> None:
+    """(5, 2): ranks with 4 of the 23 records get a whole batch of reader padding per pass."""
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    calls = builds()
+    for rank in range(world):
+        del calls[:]
+        ld = dali_loader(shards, batch_size=batch, rank=rank, world_size=world, drop_last=drop_last)
+        part = list(partition(NUM_VAL, rank, world))
+        want = part[: len(ld) * batch] if drop_last else part
+        passes = []
+        for p in range(3):
+            ld.set_epoch(p)  # no randomness: the epoch changes nothing
+            passes.append(take(ld))
+        assert len(calls) == 1
+        assert ld._kept_lead == dali.reader_batches(NUM_VAL, world, batch) - len(ld)
+        for got in passes:
+            assert len(got) == len(ld)
+            assert [i for x, _ in got for i in identify(x)] == want  # each record once, in order
+            assert [lab for _, y in got for lab in y.tolist()] == [i % 3 for i in want]
+            for (x, y), (x0, y0) in zip(got, passes[0], strict=True):
+                assert torch.equal(x, x0) and torch.equal(y, y0)
+        ld.close()
+        assert ld._kept is None
+
+
+@pytest.mark.dali
+def test_an_abandoned_validation_pass_does_not_shift_the_next(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]]
+) -> None:
+    calls = builds()
+    ld = dali_loader(shards, batch_size=5)
+    it = iter(ld)
+    next(it)
+    it.close()  # broke out after one batch: the kept pipeline's reader is mid-shard
+    assert collect_ids(ld) == list(range(NUM_VAL))
+    assert collect_ids(ld) == list(range(NUM_VAL))
+    assert len(calls) == 2
+
+
+@pytest.mark.dali
+def test_shuffled_or_augmented_loaders_still_build_per_pass(
+    shards: Path, builds: Callable[..., list[dict[str, Any]]]
+) -> None:
+    calls = builds()
+    ld = dali_loader(shards, "val", shuffle=True, seed=4)
+    first, second = collect_ids(ld), collect_ids(ld)
+    assert first == second and sorted(first) == list(range(NUM_VAL))
+    assert len(calls) == 2 and not ld.reuse
+
+
+def test_make_loader_rejects_negative_epochs(shards: Path) -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        make_loader(shards, "val", 4, backend="torch", epochs=-1)

@@ -30,16 +30,26 @@ record) and :class:`DaliLoader` drives the pipeline itself (``schedule_run`` /
 trims the padding from the last one, so validation yields every record of the rank's range
 once. Training stops after ``(N // world) // batch`` batches, the same count on every rank.
 
-Seeds: each epoch runs its own pipeline seeded with ``f(seed, epoch, rank)``, so an epoch's
-order and augmentation depend only on ``(seed, epoch, rank)`` — resuming at epoch *e*
-reproduces it — and :meth:`DaliLoader.set_epoch` reshuffles. (One pipeline kept across epochs
-cannot do that: its reader's RNG carries on from epoch to epoch and cannot be reseeded.) To
-hide the rebuild, a training loader builds and starts epoch *e + 1*'s pipeline as soon as the
-last batch of epoch *e* has been produced (it is the same pipeline a later build would give);
-``set_epoch`` to any other epoch discards it. DALI's tfrecord reader shuffles through a buffer
-of ``initial_fill`` records read in file order, not a full permutation: records should be
-packed in shuffled order (``recordkit list`` shuffles like im2rec), which makes the buffer
-shuffle plenty.
+Lifecycle:
+
+- A loader with no randomness (``train=False`` and ``shuffle=False``: validation) keeps one
+  pipeline for all its passes. Its reader restarts at the shard's first record after
+  :func:`reader_batches` batches (the rank's range, padded to the largest rank's batch count);
+  a pass that yields fewer batches than that (a rank with fewer records, or ``drop_last``) runs
+  and discards the rest at the start of the next pass, so every pass yields the same batches.
+- A loader with randomness runs one pipeline per epoch, seeded with ``f(seed, epoch, rank)``,
+  so an epoch's order and augmentation depend only on ``(seed, epoch, rank)`` — resuming at
+  epoch *e* reproduces it — and :meth:`DaliLoader.set_epoch` reshuffles. (One pipeline kept
+  across epochs cannot do that: its reader's RNG carries on and cannot be reseeded.) A
+  training loader builds and starts epoch *e + 1*'s pipeline on a background thread once the
+  last batch of epoch *e* has been taken from its pipeline (the last batch is yielded without
+  waiting), unless ``epochs`` says *e + 1* is past the end; the next epoch joins that thread
+  (an exception raised there is raised here), and ``set_epoch`` to any other epoch discards it.
+  Only the consuming thread reads outputs. :meth:`DaliLoader.close` joins and drops it all.
+
+DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in file
+order, not a full permutation: records should be packed in shuffled order (``recordkit list``
+shuffles like im2rec), which makes the buffer shuffle plenty.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -76,6 +87,7 @@ __all__ = [
     "decode_augment",
     "decoder_kwargs",
     "pack_image_bound",
+    "reader_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,6 +124,16 @@ def default_initial_fill(records: int, batch_size: int) -> int:
     shards were packed from a shuffled list.
     """
     return max(1, min(records, max(1024, 4 * batch_size)))
+
+
+def reader_batches(num_records: int, world_size: int, batch_size: int) -> int:
+    """Batches DALI's reader yields per shard epoch with ``pad_last_batch``, on every rank.
+
+    Every shard is padded (repeating its last record) to the batch count of the largest
+    shard, ``ceil(N / world)`` records: a rank with fewer records may get a whole batch of
+    padding. After that many batches the reader is back at the shard's first record.
+    """
+    return math.ceil(math.ceil(num_records / world_size) / batch_size)
 
 
 def pack_image_bound(pack: Mapping[str, Any], split: str) -> tuple[int, int] | None:
@@ -368,7 +390,8 @@ class DaliLoader:
 
     Images are normalized ``(B, 3, S, S)`` tensors in ``dtype`` (channels-last memory format when
     asked), on the pipeline's device; labels int64 ``(B,)`` (first label) or ``(B, L)`` padded
-    with -1 when ``multi_label``.
+    with -1 when ``multi_label``. See the module docstring for the pipeline lifecycle; call
+    :meth:`close` when done (or use the loader as a context manager).
     """
 
     backend = "dali"
@@ -393,6 +416,7 @@ class DaliLoader:
         prefetch: int,
         multi_label: bool,
         initial_fill: int | None = None,
+        epochs: int | None = None,
         max_image: tuple[int, int] | None = None,
     ) -> None:
         if len(split) < world_size:
@@ -400,6 +424,8 @@ class DaliLoader:
                 f"split {split.name!r} has {len(split)} records, fewer than the {world_size} "
                 "ranks; DALI's reader needs at least one per rank (use backend='torch')"
             )
+        if epochs is not None and epochs < 0:
+            raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
         self.split = split
         self.batch_size = batch_size
         self.image_size = image_size
@@ -416,15 +442,24 @@ class DaliLoader:
         self.num_threads = num_threads
         self.prefetch = prefetch
         self.multi_label = multi_label
+        self.epochs = epochs
         self.max_image = max_image
         part = len(partition(len(split), rank, world_size))
         self.initial_fill = initial_fill or default_initial_fill(part, batch_size)
         self.epoch = 0
-        self._ahead: tuple[int, Pipeline, int] | None = None
+        # No randomness: one pipeline serves every pass (its reader restarts at the shard's
+        # start after reader_batches(); see __iter__).
+        self.reuse = not train and not shuffle
+        self._kept: Pipeline | None = None
+        self._kept_lead = 0  # padding batches of the previous pass still in the reader
+        self._ahead: _Ahead | None = None
+        self._executor: ThreadPoolExecutor | None = None
         if device.type == "cuda":
-            self.device_id: int | None = (
-                device.index if device.index is not None else torch.cuda.current_device()
-            )
+            if device.index is None:
+                from recordkit.loaders.factory import resolve_device
+
+                device = self.device = resolve_device(device)
+            self.device_id: int | None = device.index
         else:
             self.device_id = None
 
@@ -465,45 +500,114 @@ class DaliLoader:
         """Queue depth: ``prefetch``, but no deeper than the epoch (so no batch past its end)."""
         return max(1, min(self.prefetch, len(self)))
 
-    def _start(self, epoch: int) -> tuple[Pipeline, int]:
-        """Build ``epoch``'s pipeline and start its first batches; return it and how many."""
+    def _start(self, epoch: int) -> Pipeline:
+        """Build ``epoch``'s pipeline and start its first ``_depth`` batches."""
         pipe = self.pipeline(epoch)
         pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
-        return pipe, self._depth
+        return pipe
+
+    def _prepare_ahead(self, epoch: int) -> None:
+        """Build and start ``epoch``'s pipeline on the background thread, unless past the end."""
+        if self.epochs is not None and epoch >= self.epochs:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="recordkit-dali-build")
+        self._ahead = _Ahead(epoch, self._executor.submit(self._start, epoch))
+
+    def _take_ahead(self, epoch: int) -> Pipeline | None:
+        """The pipeline started ahead for ``epoch``, else None; joins the builder thread.
+
+        One started for another epoch is waited for and dropped. Raises what the build raised.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        pipe = ahead.future.result()  # joins; re-raises the builder thread's exception
+        if ahead.epoch == epoch:
+            return pipe
+        del pipe  # set_epoch jumped (or the same epoch again): not the pipeline wanted
+        return None
 
     def close(self) -> None:
-        """Drop the next epoch's pipeline started ahead of time, if any (frees its memory)."""
-        self._ahead = None
+        """Join the background build, drop every pipeline and stop the builder thread.
+
+        The loader stays usable (the next pass builds again). A background build that failed is
+        logged here, since no epoch will raise it any more.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            exc = ahead.future.exception()  # waits
+            if exc is not None:
+                log.warning(
+                    "DALI pipeline for epoch %d failed to build in the background",
+                    ahead.epoch,
+                    exc_info=exc,
+                )
+        self._kept = None
+        self._kept_lead = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> DaliLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _acquire(self, epoch: int, n: int) -> tuple[Pipeline, int, int]:
+        """The pipeline for this pass: ``(pipeline, batches to discard first, scheduled)``."""
+        pipe = self._take_ahead(epoch)
+        if pipe is not None:
+            return pipe, 0, self._depth
+        if not self.reuse:
+            return self._start(epoch), 0, self._depth
+        if self._kept is None:
+            self._kept = self._start(epoch)
+            return self._kept, 0, self._depth
+        # Another pass over the kept pipeline: first the padding batches left of the last one.
+        lead = self._kept_lead
+        scheduled = min(self._depth, lead + n)
+        for _ in range(scheduled):
+            self._kept.schedule_run()
+        return self._kept, lead, scheduled
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self)
         if n == 0:  # drop_last with fewer records than one batch
             return
-        epoch, ahead = self.epoch, self._ahead
-        self._ahead = None
-        if ahead is not None and ahead[0] == epoch:
-            _, pipe, scheduled = ahead
-        else:  # first pass, or set_epoch jumped: what was started ahead is discarded
-            del ahead
-            pipe, scheduled = self._start(epoch)
+        epoch = self.epoch
+        pipe, lead, scheduled = self._acquire(epoch, n)
+        kept = pipe is self._kept
+        if kept:
+            self._kept = None  # given back below only if this pass leaves it at a known place
+        total = lead + n
         # The reader pads the rank's last batch with copies of its last record
         # (pad_last_batch); they are trimmed here, as DALIGenericIterator's PARTIAL policy does.
         part = len(partition(len(self.split), self.rank, self.world_size))
         last = self.batch_size if self.drop_last else part - (n - 1) * self.batch_size
         try:
-            for i in range(n):
+            for i in range(total):
                 images, labels = _outputs_to_torch(pipe, self.device_id)
-                if scheduled < n:  # keep the queue full, but run no batch past the epoch
+                if scheduled < total:  # keep the queue full, but run no batch past the pass
                     pipe.schedule_run()
                     scheduled += 1
-                if i == n - 1:
+                if i < lead:  # padding batches the previous pass left in the kept reader
+                    continue
+                if i == total - 1:
+                    if kept:
+                        # Nothing in flight; the reader is reader_batches() - n batches short
+                        # of the shard's start: the next pass discards those first.
+                        self._kept = pipe
+                        self._kept_lead = (
+                            reader_batches(len(self.split), self.world_size, self.batch_size) - n
+                        )
                     pipe = None  # nothing of it is in flight: it goes without waiting
                     if self.train:
-                        # Start the next epoch now, while the last batch is consumed. Seeded
-                        # for epoch + 1 exactly as a later build would be, so the epoch is the
-                        # same whether reached sequentially or by resuming; set_epoch to any
-                        # other epoch discards it.
-                        self._ahead = (epoch + 1, *self._start(epoch + 1))
+                        # Epoch e + 1 starts building now, on the background thread, seeded
+                        # exactly as a later build would be (so the epoch is the same whether
+                        # reached sequentially or by resuming); this batch does not wait.
+                        self._prepare_ahead(epoch + 1)
                     if last < self.batch_size:
                         images, labels = images[:last], labels[:last]
                 if self.channels_last:
@@ -523,3 +627,13 @@ class DaliLoader:
             f"DaliLoader(split={self.split.name!r}, batches={len(self)}, "
             f"batch_size={self.batch_size}, rank={self.rank}/{self.world_size})"
         )
+
+
+class _Ahead:
+    """A pipeline being built and started for ``epoch`` on the loader's builder thread."""
+
+    __slots__ = ("epoch", "future")
+
+    def __init__(self, epoch: int, future: Future[Pipeline]) -> None:
+        self.epoch = epoch
+        self.future = future

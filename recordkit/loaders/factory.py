@@ -153,6 +153,7 @@ def make_loader(
     gpu_decode: bool = False,
     multi_label: bool = False,
     initial_fill: int | None = None,
+    epochs: int | None = None,
 ) -> Loader:
     """Make an epoch-aware loader of normalized image batches over one split.
 
@@ -191,6 +192,10 @@ def make_loader(
         multi_label: Labels as ``(B, L)`` int64 padded with -1 (L = most labels in the batch)
             instead of ``(B,)`` holding each record's first label.
         initial_fill: DALI reader shuffle buffer (records); default ``max(1024, 4 * batch)``.
+        epochs: Total epochs of the run (the same number for a resumed run). A DALI training
+            loader builds epoch ``e + 1``'s pipeline in the background at the end of epoch
+            ``e`` only while ``e + 1 < epochs``; None: always (then :meth:`close` the loader
+            after the last epoch to free it). The torch backend ignores it.
 
     Returns:
         A :class:`Loader`: iterate for ``(images, labels)``; ``len()`` is this rank's batches
@@ -206,6 +211,8 @@ def make_loader(
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1 or image_size < 1:
         raise ValueError(f"batch_size and image_size must be >= 1 ({batch_size}, {image_size})")
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
     dev = resolve_device(device)
     ds = path if isinstance(path, Dataset) else open_dataset(path)
     sp = ds[split]
@@ -251,6 +258,7 @@ def make_loader(
             prefetch=prefetch,
             multi_label=multi_label,
             initial_fill=initial_fill,
+            epochs=epochs,
             max_image=pack_image_bound(ds.manifest.pack, split),
         )
 
