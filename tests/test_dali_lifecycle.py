@@ -1,5 +1,5 @@
 """The loader's GPU/node contracts, on CPU: workers per rank, device per rank, DALI memory and
-pipeline lifecycle.
+pipeline lifecycle, DALI version floor.
 
 - Threads/workers per rank follow ``sched_getaffinity`` / ``LOCAL_WORLD_SIZE`` (contract 12).
 - ``device="cuda"`` resolves to this rank's GPU (``LOCAL_RANK``) for both backends.
@@ -14,6 +14,7 @@ DALI cases carry the ``dali`` marker and run DALI's CPU pipeline (``device_id=No
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -438,3 +439,28 @@ def test_shuffled_or_augmented_loaders_still_build_per_pass(
 def test_make_loader_rejects_negative_epochs(shards: Path) -> None:
     with pytest.raises(ValueError, match="epochs"):
         make_loader(shards, "val", 4, backend="torch", epochs=-1)
+
+
+# -- DALI version floor -----------------------------------------------------------------------
+
+
+@pytest.mark.dali
+def test_an_old_dali_is_refused_with_the_version_needed() -> None:
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    for ok in ("1.44.0", "1.45.0.dev20241120", "2.4.0"):
+        dali.check_dali_version(ok)
+    for old in ("1.43.0", "1.40.1", "0.31.0", "unknown"):
+        with pytest.raises(ImportError, match=r"DALI >= 1\.44.*nvidia-dali-cuda120>=1\.44"):
+            dali.check_dali_version(old)
+    with pytest.raises(ImportError, match="1.44"):
+        dali.check_dali_version("1.50.0", has_dlpack=False)
+    with pytest.raises(ImportError, match="1.44"):
+        dali.check_dali_version("1.50.0", has_exec_dynamic=False)
+
+
+@pytest.mark.dali
+def test_the_dali_extra_pins_the_same_floor() -> None:
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    text = (ROOT / "pyproject.toml").read_text()  # tomllib is 3.11+, the project 3.10+
+    floors = re.findall(r"nvidia-dali-cuda120>=([\d.]+)", text)
+    assert [tuple(int(v) for v in f.split(".")) for f in floors] == [dali.MIN_DALI]

@@ -1,7 +1,8 @@
 """The DALI backend: ``fn.readers.tfrecord`` over a split's shards, decode + augment in DALI.
 
-This is the only module of recordkit that imports DALI. Without it, importing this module
-raises ``ImportError`` naming the package to install.
+This is the only module of recordkit that imports DALI (>= 1.44, :data:`MIN_DALI`). Without it,
+importing this module raises ``ImportError`` naming the package to install; with an older DALI,
+one naming the version needed.
 
 Pipeline (one per rank, ``shard_id=rank``, ``num_shards=world_size``; DALI cuts the split with
 the same contiguous formula as :func:`recordkit.partition`):
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -63,11 +65,12 @@ from typing import Any
 import torch
 
 try:
+    import nvidia.dali as dali
     import nvidia.dali.fn as fn
     import nvidia.dali.tfrecord as tfrec
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
-    from nvidia.dali.backend import TensorGPU
+    from nvidia.dali.backend import TensorCPU, TensorGPU
     from nvidia.dali.pipeline import Pipeline
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 except ImportError as exc:  # pragma: no cover - exercised only without DALI
@@ -82,8 +85,10 @@ from recordkit.loaders.augment import Augment, val_resize_size
 from recordkit.loaders.sampling import batches_per_rank, epoch_seed
 
 __all__ = [
+    "MIN_DALI",
     "DaliLoader",
     "build_pipeline",
+    "check_dali_version",
     "decode_augment",
     "decoder_kwargs",
     "pack_image_bound",
@@ -91,6 +96,45 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The first release with everything used here: ``Pipeline(exec_dynamic=…)`` and its property
+# (NVIDIA/DALI#5704), ``__dlpack__`` on pipeline outputs for zero-copy ``torch.from_dlpack``
+# (#5684, #5699): DALI 1.44.0's release notes. The rest (readers.tfrecord with
+# pad_last_batch/stick_to_shard, decoders.image_random_crop with hw_decoder_load and
+# preallocate_*_hint, resize(antialias=…) from 1.16, fn.pad, schedule_run/share_outputs/
+# release_outputs) is older.
+MIN_DALI = (1, 44)
+
+
+def check_dali_version(
+    version: str, *, has_dlpack: bool = True, has_exec_dynamic: bool = True
+) -> None:
+    """Raise ``ImportError`` unless DALI ``version`` is at least :data:`MIN_DALI`.
+
+    Args:
+        version: ``nvidia.dali.__version__`` (``"1.44.0"``, ``"2.4.0"``, ``"1.45.0.dev…"``).
+        has_dlpack: Whether DALI tensors implement ``__dlpack__``.
+        has_exec_dynamic: Whether ``Pipeline`` has the ``exec_dynamic`` property.
+
+    Raises:
+        ImportError: Older, unparsable, or lacking one of those features; the message names
+            the version needed and the ``pip install`` that fixes it.
+    """
+    m = re.match(r"\s*(\d+)\.(\d+)", version)
+    found = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if found < MIN_DALI or not (has_dlpack and has_exec_dynamic):
+        need = ".".join(map(str, MIN_DALI))
+        raise ImportError(
+            f"the DALI backend needs NVIDIA DALI >= {need} (pipeline outputs shared through "
+            f"DLPack, exec_dynamic); found {version}: pip install -U 'nvidia-dali-cuda120>={need}'"
+        )
+
+
+check_dali_version(
+    getattr(dali, "__version__", "0"),
+    has_dlpack=hasattr(TensorCPU, "__dlpack__") and hasattr(TensorGPU, "__dlpack__"),
+    has_exec_dynamic=hasattr(Pipeline, "exec_dynamic"),
+)
 
 READER_NAME = "Reader"
 # From DALI's ResNet-50 example: share of JPEG decoding sent to the A100/H100 hardware decoder.
