@@ -28,6 +28,7 @@ from test_loaders import identify, png_record
 from recordkit import Manifest, read_manifest, write_manifest
 from recordkit.dataset import partition
 from recordkit.loaders import factory
+from recordkit.loaders.dali_sizing import decoder_memory, pack_image_bound, reader_batches
 from recordkit.loaders.factory import default_workers, make_loader, resolve_device
 from recordkit.loaders.sampling import epoch_seed
 
@@ -202,26 +203,16 @@ def test_make_loader_puts_each_rank_on_its_gpu(
 # -- DALI decoder memory (defect: ImageNet paddings on the validation decoder too) ----------
 
 
-@pytest.mark.dali
-def test_decoder_kwargs_pad_only_the_training_decoder() -> None:
-    dali = pytest.importorskip("recordkit.loaders.dali")
-    rgb = dali.types.RGB
-    assert dali.decoder_kwargs(train=True, gpu=False, max_image=(960, 480)) == {
-        "device": "cpu",
-        "output_type": rgb,
-    }
-    assert dali.decoder_kwargs(train=False, gpu=False) == {"device": "cpu", "output_type": rgb}
-    assert dali.decoder_kwargs(train=False, gpu=True, max_image=(960, 480)) == {
-        "device": "mixed",
-        "output_type": rgb,
+def test_decoder_memory_pads_only_the_training_decoder() -> None:
+    assert decoder_memory(train=True, gpu=False, max_image=(960, 480)) == {}
+    assert decoder_memory(train=False, gpu=False) == {}
+    assert decoder_memory(train=False, gpu=True, max_image=(960, 480)) == {
         "hw_decoder_load": 0.65,
         "device_memory_padding": 0,
         "host_memory_padding": 0,
     }
     # pack --resize 480: at most 960 x 480 px -> 9 and 6 bytes per pixel, hints = long side.
-    assert dali.decoder_kwargs(train=True, gpu=True, max_image=(960, 480)) == {
-        "device": "mixed",
-        "output_type": rgb,
+    assert decoder_memory(train=True, gpu=True, max_image=(960, 480)) == {
         "hw_decoder_load": 0.65,
         "device_memory_padding": 9 * 960 * 480,
         "host_memory_padding": 6 * 960 * 480,
@@ -229,15 +220,34 @@ def test_decoder_kwargs_pad_only_the_training_decoder() -> None:
         "preallocate_height_hint": 960,
     }
     # Sizes round up to 16-px MCUs.
-    kw = dali.decoder_kwargs(train=True, gpu=True, max_image=(100, 50))
-    assert kw["device_memory_padding"] == 9 * 112 * 64
+    kw = decoder_memory(train=True, gpu=True, max_image=(100, 50))
+    assert kw["device_memory_padding"] == 9 * 112 * 64 and kw["host_memory_padding"] == 6 * 112 * 64
     # Unknown size: DALI's ResNet-50 example values (ImageNet's largest image).
-    kw = dali.decoder_kwargs(train=True, gpu=True)
+    kw = decoder_memory(train=True, gpu=True)
     assert kw["device_memory_padding"] == 211025920 and kw["host_memory_padding"] == 140544512
     assert (kw["preallocate_width_hint"], kw["preallocate_height_hint"]) == (5980, 6430)
 
 
 @pytest.mark.dali
+def test_decoder_kwargs_add_the_device_and_rgb_output() -> None:
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    rgb = dali.types.RGB
+    assert dali.decoder_kwargs(train=True, gpu=False, max_image=(960, 480)) == {
+        "device": "cpu",
+        "output_type": rgb,
+    }
+    assert dali.decoder_kwargs(train=False, gpu=True) == {
+        "device": "mixed",
+        "output_type": rgb,
+        **decoder_memory(train=False, gpu=True),
+    }
+    assert dali.decoder_kwargs(train=True, gpu=True, max_image=(960, 480)) == {
+        "device": "mixed",
+        "output_type": rgb,
+        **decoder_memory(train=True, gpu=True, max_image=(960, 480)),
+    }
+
+
 @pytest.mark.parametrize(
     ("pack", "split", "expected"),
     [
@@ -252,8 +262,7 @@ def test_decoder_kwargs_pad_only_the_training_decoder() -> None:
     ],
 )
 def test_pack_image_bound(pack: dict[str, Any], split: str, expected: Any) -> None:
-    dali = pytest.importorskip("recordkit.loaders.dali")
-    assert dali.pack_image_bound(pack, split) == expected
+    assert pack_image_bound(pack, split) == expected
 
 
 @pytest.mark.dali
@@ -388,7 +397,6 @@ def test_validation_keeps_one_pipeline_and_repeats_its_batches(
     drop_last: bool,
 ) -> None:
     """(5, 2): ranks with 4 of the 23 records get a whole batch of reader padding per pass."""
-    dali = pytest.importorskip("recordkit.loaders.dali")
     calls = builds()
     for rank in range(world):
         del calls[:]
@@ -400,7 +408,7 @@ def test_validation_keeps_one_pipeline_and_repeats_its_batches(
             ld.set_epoch(p)  # no randomness: the epoch changes nothing
             passes.append(take(ld))
         assert len(calls) == 1
-        assert ld._kept_lead == dali.reader_batches(NUM_VAL, world, batch) - len(ld)
+        assert ld._kept_lead == reader_batches(NUM_VAL, world, batch) - len(ld)
         for got in passes:
             assert len(got) == len(ld)
             assert [i for x, _ in got for i in identify(x)] == want  # each record once, in order

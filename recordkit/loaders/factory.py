@@ -238,7 +238,8 @@ def make_loader(
         train,
     )
     if backend == "dali":
-        from recordkit.loaders.dali import DaliLoader, pack_image_bound
+        from recordkit.loaders.dali import DaliLoader
+        from recordkit.loaders.dali_sizing import pack_image_bound
 
         return DaliLoader(
             sp,
