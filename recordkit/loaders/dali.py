@@ -1,7 +1,8 @@
 """The DALI backend: ``fn.readers.tfrecord`` over a split's shards, decode + augment in DALI.
 
-This is the only module of recordkit that imports DALI. Without it, importing this module
-raises ``ImportError`` naming the package to install.
+This is the only module of recordkit that imports DALI (>= 1.44, :data:`MIN_DALI`). Without it,
+importing this module raises ``ImportError`` naming the package to install; with an older DALI,
+one naming the version needed.
 
 Pipeline (one per rank, ``shard_id=rank``, ``num_shards=world_size``; DALI cuts the split with
 the same contiguous formula as :func:`recordkit.partition`):
@@ -15,6 +16,15 @@ the same contiguous formula as :func:`recordkit.partition`):
 - validation: ``decoders.image`` → ``resize(resize_shorter=int(S / 0.875))`` →
   ``crop_mirror_normalize(crop=(S, S))`` (a centre crop).
 
+Decoder memory (:func:`decoder_kwargs`): only the training decoder preallocates nvJPEG buffers
+(``device_memory_padding``: one device buffer per thread; ``host_memory_padding``: two pinned
+host buffers per thread) and the hardware decoder's (``preallocate_width_hint`` / ``_height_``),
+sized for the largest image the manifest's pack parameters allow
+(:func:`~recordkit.loaders.dali_sizing.pack_image_bound`:
+``recordkit pack --resize R`` stores images whose shorter side is at most R; the longer side is
+assumed at most ``2 R``) or, when they do not tell, for ImageNet's largest as in DALI's example.
+The validation decoder sets both paddings to 0: its buffers grow to what its images need.
+
 Exactly once: the reader pads its last batch (``pad_last_batch=True``, repeating the last
 record) and :class:`DaliLoader` drives the pipeline itself (``schedule_run`` /
 ``share_outputs``, DLPack into torch as ``DALIGenericIterator`` does): it schedules exactly
@@ -22,32 +32,46 @@ record) and :class:`DaliLoader` drives the pipeline itself (``schedule_run`` /
 trims the padding from the last one, so validation yields every record of the rank's range
 once. Training stops after ``(N // world) // batch`` batches, the same count on every rank.
 
-Seeds: each epoch runs its own pipeline seeded with ``f(seed, epoch, rank)``, so an epoch's
-order and augmentation depend only on ``(seed, epoch, rank)`` — resuming at epoch *e*
-reproduces it — and :meth:`DaliLoader.set_epoch` reshuffles. (One pipeline kept across epochs
-cannot do that: its reader's RNG carries on from epoch to epoch and cannot be reseeded.) To
-hide the rebuild, a training loader builds and starts epoch *e + 1*'s pipeline as soon as the
-last batch of epoch *e* has been produced (it is the same pipeline a later build would give);
-``set_epoch`` to any other epoch discards it. DALI's tfrecord reader shuffles through a buffer
-of ``initial_fill`` records read in file order, not a full permutation: records should be
-packed in shuffled order (``recordkit list`` shuffles like im2rec), which makes the buffer
-shuffle plenty.
+Lifecycle:
+
+- A loader with no randomness (``train=False`` and ``shuffle=False``: validation) keeps one
+  pipeline for all its passes. Its reader restarts at the shard's first record after
+  :func:`~recordkit.loaders.dali_sizing.reader_batches` batches (the rank's range, padded to the
+  largest rank's batch count); a pass that yields fewer batches than that (a rank with fewer
+  records, or ``drop_last``) runs and discards the rest at the start of the next pass, so every
+  pass yields the same batches.
+- A loader with randomness runs one pipeline per epoch, seeded with ``f(seed, epoch, rank)``,
+  so an epoch's order and augmentation depend only on ``(seed, epoch, rank)`` — resuming at
+  epoch *e* reproduces it — and :meth:`DaliLoader.set_epoch` reshuffles. (One pipeline kept
+  across epochs cannot do that: its reader's RNG carries on and cannot be reseeded.) A
+  training loader builds and starts epoch *e + 1*'s pipeline on a background thread once the
+  last batch of epoch *e* has been taken from its pipeline (the last batch is yielded without
+  waiting), unless ``epochs`` says *e + 1* is past the end; the next epoch joins that thread
+  (an exception raised there is raised here), and ``set_epoch`` to any other epoch discards it.
+  Only the consuming thread reads outputs. :meth:`DaliLoader.close` joins and drops it all.
+
+DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in file
+order, not a full permutation: records should be packed in shuffled order (``recordkit list``
+shuffles like im2rec), which makes the buffer shuffle plenty.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 try:
+    import nvidia.dali as dali
     import nvidia.dali.fn as fn
     import nvidia.dali.tfrecord as tfrec
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
-    from nvidia.dali.backend import TensorGPU
+    from nvidia.dali.backend import TensorCPU, TensorGPU
     from nvidia.dali.pipeline import Pipeline
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 except ImportError as exc:  # pragma: no cover - exercised only without DALI
@@ -59,29 +83,82 @@ except ImportError as exc:  # pragma: no cover - exercised only without DALI
 from recordkit.dataset import Split, partition
 from recordkit.format.example import KEY_ENCODED, KEY_LABEL
 from recordkit.loaders.augment import Augment, val_resize_size
+from recordkit.loaders.dali_sizing import (
+    decoder_memory,
+    default_initial_fill,
+    pack_image_bound,
+    reader_batches,
+)
 from recordkit.loaders.sampling import batches_per_rank, epoch_seed
 
-__all__ = ["DaliLoader", "build_pipeline", "decode_augment"]
+__all__ = [
+    "MIN_DALI",
+    "DaliLoader",
+    "build_pipeline",
+    "check_dali_version",
+    "decode_augment",
+    "decoder_kwargs",
+    "pack_image_bound",
+    "reader_batches",
+]
 
 log = logging.getLogger(__name__)
 
+# The first release with everything used here: ``Pipeline(exec_dynamic=…)`` and its property
+# (NVIDIA/DALI#5704), ``__dlpack__`` on pipeline outputs for zero-copy ``torch.from_dlpack``
+# (#5684, #5699): DALI 1.44.0's release notes. The rest (readers.tfrecord with
+# pad_last_batch/stick_to_shard, decoders.image_random_crop with hw_decoder_load and
+# preallocate_*_hint, resize(antialias=…) from 1.16, fn.pad, schedule_run/share_outputs/
+# release_outputs) is older.
+MIN_DALI = (1, 44)
+
+
+def check_dali_version(
+    version: str, *, has_dlpack: bool = True, has_exec_dynamic: bool = True
+) -> None:
+    """Raise ``ImportError`` unless DALI ``version`` is at least :data:`MIN_DALI`.
+
+    Args:
+        version: ``nvidia.dali.__version__`` (``"1.44.0"``, ``"2.4.0"``, ``"1.45.0.dev…"``).
+        has_dlpack: Whether DALI tensors implement ``__dlpack__``.
+        has_exec_dynamic: Whether ``Pipeline`` has the ``exec_dynamic`` property.
+
+    Raises:
+        ImportError: Older, unparsable, or lacking one of those features; the message names
+            the version needed and the ``pip install`` that fixes it.
+    """
+    m = re.match(r"\s*(\d+)\.(\d+)", version)
+    found = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if found < MIN_DALI or not (has_dlpack and has_exec_dynamic):
+        need = ".".join(map(str, MIN_DALI))
+        raise ImportError(
+            f"the DALI backend needs NVIDIA DALI >= {need} (pipeline outputs shared through "
+            f"DLPack, exec_dynamic); found {version}: pip install -U 'nvidia-dali-cuda120>={need}'"
+        )
+
+
+check_dali_version(
+    getattr(dali, "__version__", "0"),
+    has_dlpack=hasattr(TensorCPU, "__dlpack__") and hasattr(TensorGPU, "__dlpack__"),
+    has_exec_dynamic=hasattr(Pipeline, "exec_dynamic"),
+)
+
 READER_NAME = "Reader"
-# From DALI's ResNet-50 example: share of JPEG decoding sent to the A100/H100 hardware decoder,
-# and host/device buffer preallocation that avoids reallocation during the first iterations.
-HW_DECODER_LOAD = 0.65
-DEVICE_MEMORY_PADDING = 211025920
-HOST_MEMORY_PADDING = 140544512
 
 _DALI_DTYPES = {torch.float16: types.FLOAT16, torch.float32: types.FLOAT}
 
 
-def default_initial_fill(records: int, batch_size: int) -> int:
-    """Shuffle buffer size: ``max(1024, 4 * batch)`` records, capped at the rank's records.
-
-    About 110 MB of encoded ImageNet JPEGs per rank at 1024; larger buffers buy little when the
-    shards were packed from a shuffled list.
-    """
-    return max(1, min(records, max(1024, 4 * batch_size)))
+def decoder_kwargs(
+    *, train: bool, gpu: bool, max_image: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of the pipeline's image decoder: device, RGB output and
+    :func:`~recordkit.loaders.dali_sizing.decoder_memory` (padding only the training decoder,
+    sized from ``max_image``)."""
+    return {
+        "device": "mixed" if gpu else "cpu",
+        "output_type": types.RGB,
+        **decoder_memory(train=train, gpu=gpu, max_image=max_image),
+    }
 
 
 def decode_augment(
@@ -93,19 +170,15 @@ def decode_augment(
     gpu: bool,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    max_image: tuple[int, int] | None = None,
 ) -> Any:
     """The decode + augment part of the pipeline graph (call inside a pipeline definition).
 
     Shared by :func:`build_pipeline` and ``tools/bench_loader.py``'s ``fn.readers.file``
-    pipeline, so that both run exactly the same operators.
+    pipeline, so that both run exactly the same operators. ``max_image`` sizes the training
+    decoder's GPU buffers (:func:`decoder_kwargs`).
     """
-    dec_kw: dict[str, Any] = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
-    if gpu:
-        dec_kw.update(
-            hw_decoder_load=HW_DECODER_LOAD,
-            device_memory_padding=DEVICE_MEMORY_PADDING,
-            host_memory_padding=HOST_MEMORY_PADDING,
-        )
+    dec_kw = decoder_kwargs(train=train, gpu=gpu, max_image=max_image)
     if train:
         images = fn.decoders.image_random_crop(
             jpegs,
@@ -160,6 +233,7 @@ def build_pipeline(
     channels_last: bool = False,
     prefetch: int = 2,
     initial_fill: int = 1024,
+    max_image: tuple[int, int] | None = None,
 ) -> Pipeline:
     """Build (but do not run) the DALI pipeline for one rank; see the module docstring.
 
@@ -180,6 +254,8 @@ def build_pipeline(
         channels_last: Produce ``HWC`` per sample (NHWC batches) instead of ``CHW``.
         prefetch: ``prefetch_queue_depth``.
         initial_fill: Reader shuffle buffer size.
+        max_image: ``(long, short)`` side of the largest stored image, for the training
+            decoder's GPU buffers (:func:`decoder_kwargs`); None: DALI's ImageNet values.
 
     Returns:
         The pipeline, with outputs ``(images, labels)``; labels are int64 ``(B, L)`` padded with
@@ -213,6 +289,7 @@ def build_pipeline(
             gpu=gpu,
             dtype=dtype,
             channels_last=channels_last,
+            max_image=max_image,
         )
         labels = fn.pad(labels, fill_value=-1)
         if gpu:
@@ -264,7 +341,8 @@ class DaliLoader:
 
     Images are normalized ``(B, 3, S, S)`` tensors in ``dtype`` (channels-last memory format when
     asked), on the pipeline's device; labels int64 ``(B,)`` (first label) or ``(B, L)`` padded
-    with -1 when ``multi_label``.
+    with -1 when ``multi_label``. See the module docstring for the pipeline lifecycle; call
+    :meth:`close` when done (or use the loader as a context manager).
     """
 
     backend = "dali"
@@ -289,12 +367,16 @@ class DaliLoader:
         prefetch: int,
         multi_label: bool,
         initial_fill: int | None = None,
+        epochs: int | None = None,
+        max_image: tuple[int, int] | None = None,
     ) -> None:
         if len(split) < world_size:
             raise ValueError(
                 f"split {split.name!r} has {len(split)} records, fewer than the {world_size} "
                 "ranks; DALI's reader needs at least one per rank (use backend='torch')"
             )
+        if epochs is not None and epochs < 0:
+            raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
         self.split = split
         self.batch_size = batch_size
         self.image_size = image_size
@@ -311,14 +393,24 @@ class DaliLoader:
         self.num_threads = num_threads
         self.prefetch = prefetch
         self.multi_label = multi_label
+        self.epochs = epochs
+        self.max_image = max_image
         part = len(partition(len(split), rank, world_size))
         self.initial_fill = initial_fill or default_initial_fill(part, batch_size)
         self.epoch = 0
-        self._ahead: tuple[int, Pipeline, int] | None = None
+        # No randomness: one pipeline serves every pass (its reader restarts at the shard's
+        # start after reader_batches(); see __iter__).
+        self.reuse = not train and not shuffle
+        self._kept: Pipeline | None = None
+        self._kept_lead = 0  # padding batches of the previous pass still in the reader
+        self._ahead: _Ahead | None = None
+        self._executor: ThreadPoolExecutor | None = None
         if device.type == "cuda":
-            self.device_id: int | None = (
-                device.index if device.index is not None else torch.cuda.current_device()
-            )
+            if device.index is None:
+                from recordkit.loaders.factory import resolve_device
+
+                device = self.device = resolve_device(device)
+            self.device_id: int | None = device.index
         else:
             self.device_id = None
 
@@ -351,6 +443,7 @@ class DaliLoader:
             channels_last=self.channels_last,
             prefetch=self._depth,
             initial_fill=self.initial_fill,
+            max_image=self.max_image,
         )
 
     @property
@@ -358,45 +451,114 @@ class DaliLoader:
         """Queue depth: ``prefetch``, but no deeper than the epoch (so no batch past its end)."""
         return max(1, min(self.prefetch, len(self)))
 
-    def _start(self, epoch: int) -> tuple[Pipeline, int]:
-        """Build ``epoch``'s pipeline and start its first batches; return it and how many."""
+    def _start(self, epoch: int) -> Pipeline:
+        """Build ``epoch``'s pipeline and start its first ``_depth`` batches."""
         pipe = self.pipeline(epoch)
         pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
-        return pipe, self._depth
+        return pipe
+
+    def _prepare_ahead(self, epoch: int) -> None:
+        """Build and start ``epoch``'s pipeline on the background thread, unless past the end."""
+        if self.epochs is not None and epoch >= self.epochs:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="recordkit-dali-build")
+        self._ahead = _Ahead(epoch, self._executor.submit(self._start, epoch))
+
+    def _take_ahead(self, epoch: int) -> Pipeline | None:
+        """The pipeline started ahead for ``epoch``, else None; joins the builder thread.
+
+        One started for another epoch is waited for and dropped. Raises what the build raised.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        pipe = ahead.future.result()  # joins; re-raises the builder thread's exception
+        if ahead.epoch == epoch:
+            return pipe
+        del pipe  # set_epoch jumped (or the same epoch again): not the pipeline wanted
+        return None
 
     def close(self) -> None:
-        """Drop the next epoch's pipeline started ahead of time, if any (frees its memory)."""
-        self._ahead = None
+        """Join the background build, drop every pipeline and stop the builder thread.
+
+        The loader stays usable (the next pass builds again). A background build that failed is
+        logged here, since no epoch will raise it any more.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            exc = ahead.future.exception()  # waits
+            if exc is not None:
+                log.warning(
+                    "DALI pipeline for epoch %d failed to build in the background",
+                    ahead.epoch,
+                    exc_info=exc,
+                )
+        self._kept = None
+        self._kept_lead = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> DaliLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _acquire(self, epoch: int, n: int) -> tuple[Pipeline, int, int]:
+        """The pipeline for this pass: ``(pipeline, batches to discard first, scheduled)``."""
+        pipe = self._take_ahead(epoch)
+        if pipe is not None:
+            return pipe, 0, self._depth
+        if not self.reuse:
+            return self._start(epoch), 0, self._depth
+        if self._kept is None:
+            self._kept = self._start(epoch)
+            return self._kept, 0, self._depth
+        # Another pass over the kept pipeline: first the padding batches left of the last one.
+        lead = self._kept_lead
+        scheduled = min(self._depth, lead + n)
+        for _ in range(scheduled):
+            self._kept.schedule_run()
+        return self._kept, lead, scheduled
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self)
         if n == 0:  # drop_last with fewer records than one batch
             return
-        epoch, ahead = self.epoch, self._ahead
-        self._ahead = None
-        if ahead is not None and ahead[0] == epoch:
-            _, pipe, scheduled = ahead
-        else:  # first pass, or set_epoch jumped: what was started ahead is discarded
-            del ahead
-            pipe, scheduled = self._start(epoch)
+        epoch = self.epoch
+        pipe, lead, scheduled = self._acquire(epoch, n)
+        kept = pipe is self._kept
+        if kept:
+            self._kept = None  # given back below only if this pass leaves it at a known place
+        total = lead + n
         # The reader pads the rank's last batch with copies of its last record
         # (pad_last_batch); they are trimmed here, as DALIGenericIterator's PARTIAL policy does.
         part = len(partition(len(self.split), self.rank, self.world_size))
         last = self.batch_size if self.drop_last else part - (n - 1) * self.batch_size
         try:
-            for i in range(n):
+            for i in range(total):
                 images, labels = _outputs_to_torch(pipe, self.device_id)
-                if scheduled < n:  # keep the queue full, but run no batch past the epoch
+                if scheduled < total:  # keep the queue full, but run no batch past the pass
                     pipe.schedule_run()
                     scheduled += 1
-                if i == n - 1:
+                if i < lead:  # padding batches the previous pass left in the kept reader
+                    continue
+                if i == total - 1:
+                    if kept:
+                        # Nothing in flight; the reader is reader_batches() - n batches short
+                        # of the shard's start: the next pass discards those first.
+                        self._kept = pipe
+                        self._kept_lead = (
+                            reader_batches(len(self.split), self.world_size, self.batch_size) - n
+                        )
                     pipe = None  # nothing of it is in flight: it goes without waiting
                     if self.train:
-                        # Start the next epoch now, while the last batch is consumed. Seeded
-                        # for epoch + 1 exactly as a later build would be, so the epoch is the
-                        # same whether reached sequentially or by resuming; set_epoch to any
-                        # other epoch discards it.
-                        self._ahead = (epoch + 1, *self._start(epoch + 1))
+                        # Epoch e + 1 starts building now, on the background thread, seeded
+                        # exactly as a later build would be (so the epoch is the same whether
+                        # reached sequentially or by resuming); this batch does not wait.
+                        self._prepare_ahead(epoch + 1)
                     if last < self.batch_size:
                         images, labels = images[:last], labels[:last]
                 if self.channels_last:
@@ -416,3 +578,13 @@ class DaliLoader:
             f"DaliLoader(split={self.split.name!r}, batches={len(self)}, "
             f"batch_size={self.batch_size}, rank={self.rank}/{self.world_size})"
         )
+
+
+class _Ahead:
+    """A pipeline being built and started for ``epoch`` on the loader's builder thread."""
+
+    __slots__ = ("epoch", "future")
+
+    def __init__(self, epoch: int, future: Future[Pipeline]) -> None:
+        self.epoch = epoch
+        self.future = future

@@ -14,7 +14,15 @@ from recordkit.dataset import Dataset, open_dataset
 from recordkit.loaders.augment import Augment
 from recordkit.loaders.sampling import RecordSampler, resolve_rank_world
 
-__all__ = ["Loader", "dali_available", "default_workers", "make_loader"]
+__all__ = [
+    "Loader",
+    "dali_available",
+    "default_workers",
+    "local_world_size",
+    "make_loader",
+    "resolve_device",
+    "usable_cpus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +50,85 @@ def dali_available() -> bool:
         return False
 
 
-def default_workers() -> int:
-    """CPUs this process may run on (``sched_getaffinity``), at most 16."""
+MAX_WORKERS = 16
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: ``sched_getaffinity`` (cpusets, ``taskset``), else all."""
     try:
-        n = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 16))
+        return os.cpu_count() or 1
+
+
+def local_world_size() -> int:
+    """Ranks on this node: torchrun's ``LOCAL_WORLD_SIZE``, 1 when unset (a single process).
+
+    Raises:
+        ValueError: ``LOCAL_WORLD_SIZE`` is set but not an integer >= 1.
+    """
+    value = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if not value:
+        return 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"environment variable LOCAL_WORLD_SIZE={value!r} is not an integer >= 1")
+    return n
+
+
+def default_workers() -> int:
+    """Loader threads/workers for one rank: usable CPUs / ranks on this node, in ``[1, 16]``.
+
+    Probed at call time (contract 12): ``os.sched_getaffinity`` counts the CPUs this process may
+    use, ``LOCAL_WORLD_SIZE`` (set by torchrun) the ranks sharing them. An 8-GPU node with 96
+    cores gives each rank 12; one process alone gets ``min(CPUs, 16)``. A launcher that already
+    binds each rank to its own cores makes this too small: pass ``num_workers`` then.
+    """
+    return max(1, min(usable_cpus() // local_world_size(), MAX_WORKERS))
+
+
+def resolve_device(
+    device: str | torch.device, *, local_rank: int | None = None, device_count: int | None = None
+) -> torch.device:
+    """The device batches go to, with ``cuda`` pinned to this rank's GPU.
+
+    ``cuda`` without an index means ``cuda:LOCAL_RANK`` when torchrun's ``LOCAL_RANK`` is set
+    (modulo the visible GPUs, as ``recordkit_train.distributed.setup`` does, for launchers that
+    show each rank one GPU), else the current CUDA device if CUDA is initialised, else
+    ``cuda:0``. Any other device is returned as given. Needs no GPU.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`.
+        local_rank: This rank on its node; default ``LOCAL_RANK`` from the environment.
+        device_count: Visible GPUs; default ``torch.cuda.device_count()`` (0 without CUDA: the
+            index is then ``local_rank`` itself).
+
+    Raises:
+        ValueError: ``LOCAL_RANK`` is set but not an integer >= 0.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda" or dev.index is not None:
+        return dev
+    if local_rank is None:
+        value = os.environ.get("LOCAL_RANK", "").strip()
+        if value:
+            try:
+                local_rank = int(value)
+            except ValueError:
+                local_rank = -1
+            if local_rank < 0:
+                raise ValueError(
+                    f"environment variable LOCAL_RANK={value!r} is not an integer >= 0"
+                )
+    if local_rank is not None:
+        count = torch.cuda.device_count() if device_count is None else device_count
+        return torch.device("cuda", local_rank % count if count > 0 else local_rank)
+    if torch.cuda.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", 0)
 
 
 def make_loader(
@@ -73,6 +153,7 @@ def make_loader(
     gpu_decode: bool = False,
     multi_label: bool = False,
     initial_fill: int | None = None,
+    epochs: int | None = None,
 ) -> Loader:
     """Make an epoch-aware loader of normalized image batches over one split.
 
@@ -91,13 +172,16 @@ def make_loader(
         backend: ``"dali"``, ``"torch"`` or ``"auto"``: DALI when ``device`` is CUDA and DALI is
             importable (GPU decoding), else torch, which measured about as fast as DALI's
             CPU pipeline on CPU (``docs/LOADERS.md``).
-        device: Where batches end up (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        device: Where batches end up (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``"cuda"`` means
+            this rank's GPU, ``cuda:LOCAL_RANK`` under torchrun (:func:`resolve_device`).
         dtype: Image dtype (``torch.float32``, ``torch.float16``, ``torch.bfloat16``).
         channels_last: Images in channels-last memory format (still indexed ``(B, 3, S, S)``).
         drop_last: Drop the last partial batch. Default: True when training, False otherwise.
         augment: Crop/flip/normalization settings; default :class:`Augment()`.
         train: Training augmentation; default: ``split == "train"``.
-        num_workers: torch DataLoader workers / DALI threads; default: the usable CPUs (<= 16).
+        num_workers: torch DataLoader workers / DALI threads; default: the CPUs this process
+            may use divided by the ranks on this node (``LOCAL_WORLD_SIZE``), in ``[1, 16]``
+            (:func:`default_workers`).
         prefetch: Batches prefetched per worker (torch) / pipeline queue depth (DALI).
         seed: Base seed; with the epoch and the rank it fixes the order and augmentation.
         rank: This rank; default from torch.distributed when initialized, else ``RANK``, else 0.
@@ -108,6 +192,10 @@ def make_loader(
         multi_label: Labels as ``(B, L)`` int64 padded with -1 (L = most labels in the batch)
             instead of ``(B,)`` holding each record's first label.
         initial_fill: DALI reader shuffle buffer (records); default ``max(1024, 4 * batch)``.
+        epochs: Total epochs of the run (the same number for a resumed run). A DALI training
+            loader builds epoch ``e + 1``'s pipeline in the background at the end of epoch
+            ``e`` only while ``e + 1 < epochs``; None: always (then :meth:`close` the loader
+            after the last epoch to free it). The torch backend ignores it.
 
     Returns:
         A :class:`Loader`: iterate for ``(images, labels)``; ``len()`` is this rank's batches
@@ -123,7 +211,9 @@ def make_loader(
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1 or image_size < 1:
         raise ValueError(f"batch_size and image_size must be >= 1 ({batch_size}, {image_size})")
-    dev = torch.device(device)
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
+    dev = resolve_device(device)
     ds = path if isinstance(path, Dataset) else open_dataset(path)
     sp = ds[split]
     train = split == "train" if train is None else train
@@ -149,6 +239,7 @@ def make_loader(
     )
     if backend == "dali":
         from recordkit.loaders.dali import DaliLoader
+        from recordkit.loaders.dali_sizing import pack_image_bound
 
         return DaliLoader(
             sp,
@@ -168,6 +259,8 @@ def make_loader(
             prefetch=prefetch,
             multi_label=multi_label,
             initial_fill=initial_fill,
+            epochs=epochs,
+            max_image=pack_image_bound(ds.manifest.pack, split),
         )
 
     from recordkit.loaders.decode import EncodedDecode, TrainDecode, ValDecode
