@@ -145,7 +145,10 @@ def _make_loaders(
     }
     if "train" not in ds:
         raise ConfigError(f"{cfg.data} has no 'train' split (splits: {', '.join(ds)})")
-    train_loader = recordkit.make_loader(ds, "train", train=True, drop_last=True, **common)
+    # epochs: DALI prepares epoch e + 1 in the background only while there is one.
+    train_loader = recordkit.make_loader(
+        ds, "train", train=True, drop_last=True, epochs=cfg.epochs, **common
+    )
     if len(train_loader) == 0:
         raise ConfigError(
             f"the train split has {len(ds['train'])} records: fewer than one batch of "
@@ -161,6 +164,14 @@ def _make_loaders(
     else:
         logger.warning("%s has no validation records: no validation, no best.pt", cfg.data)
     return train_loader, val_loader
+
+
+def _close(*loaders: Any) -> None:
+    """Free what loaders hold between epochs (DALI pipelines, a build thread)."""
+    for loader in loaders:
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
 
 
 def _train_epoch(
@@ -421,6 +432,7 @@ def _run_test_io(
         epoch += 1
     _sync(env.device)
     elapsed = time.perf_counter() - start
+    _close(train_loader)
     rate = seen * cfg.batch_size * env.world_size / elapsed if elapsed > 0 else 0.0
     logger.info("test-io: %d batches, samples/s: %.1f", seen, rate)
     return {"samples_per_s": rate, "iters": seen}
@@ -460,6 +472,7 @@ def _run_real(cfg: TrainConfig, env: distributed.DistEnv, ds: recordkit.Dataset)
         epoch += 1
     _sync(device)
     elapsed = time.perf_counter() - start
+    _close(train_loader)
     timed = cfg.iters - warmup
     rate = timed * cfg.batch_size * env.world_size / elapsed if elapsed > 0 else 0.0
     logger.info("real: %s %s, samples/s: %.1f", cfg.arch, cfg.precision, rate)
@@ -621,6 +634,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         )
     finally:
         reporter.close()
+        _close(train_loader, val_loader)
     best = last.pop("best", None) if last else best
     if env.is_main:
         try:
@@ -795,7 +809,12 @@ def evaluate_checkpoint(
             shuffle=False,
             num_workers=workers,
         )
-        result: dict[str, Any] = dict(evaluate(model, loader, device=env.device, precision=prec))
+        try:
+            result: dict[str, Any] = dict(
+                evaluate(model, loader, device=env.device, precision=prec)
+            )
+        finally:
+            _close(loader)
         result.update(split=split, arch=cfg.arch, epoch=int(state.get("epoch", 0)))
         logger.info(
             "validation: split %s, top_1: %.3f, top_k: %.3f, samples: %d, samples/s: %.1f",

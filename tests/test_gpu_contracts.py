@@ -84,10 +84,30 @@ def test_loaders_hand_over_the_autocast_dtype(data: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(engine.recordkit, "make_loader", spy)
     cfg = tiny_config(data, Path("unused"), precision="fp16")
     engine._make_loaders(cfg, engine.recordkit.open(data), cuda)
-    assert [(k["split"], k["dtype"], k["device"]) for k in seen] == [
-        ("train", torch.float16, cuda),
-        ("val", torch.float16, cuda),
+    assert [(k["split"], k["dtype"], k["device"], k.get("epochs")) for k in seen] == [
+        ("train", torch.float16, cuda, cfg.epochs),  # DALI prepares no epoch past the last
+        ("val", torch.float16, cuda, None),
     ]
+
+
+@pytest.mark.dali
+def test_dali_run_builds_one_pipeline_per_epoch_and_one_for_validation(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two epochs, two validations: 2 training pipelines (none for a third epoch), 1 val."""
+    dali = pytest.importorskip("recordkit.loaders.dali")
+    real_build = dali.build_pipeline
+    builds: list[bool] = []
+
+    def counting_build(*args: object, **kwargs: object) -> object:
+        builds.append(bool(kwargs["train"]))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(dali, "build_pipeline", counting_build)
+    cfg = tiny_config(data, tmp_path, epochs=2, image_size=16, backend="dali", workers=1)
+    result = train(cfg, device="cpu")
+    assert result["last"]["val_samples"] == 10
+    assert builds.count(True) == 2 and builds.count(False) == 1, builds
 
 
 def test_topk_counts_need_no_host_values() -> None:
