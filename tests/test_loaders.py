@@ -285,6 +285,15 @@ def test_gpu_decode_path_runs_on_cpu_and_matches(tmp_path: Path) -> None:
             assert torch.equal(ya, yb) and (xa - xb).abs().max() < 0.05
 
 
+def test_validation_workers_are_not_persistent(shards: Path) -> None:
+    """Validation workers exist only while validating; training keeps its workers."""
+    val = loader(shards, "torch", "val", num_workers=1)
+    train = loader(shards, "torch", "train", num_workers=1)
+    assert val.loader.persistent_workers is False
+    assert train.loader.persistent_workers is True
+    assert loader(shards, "torch", "val", num_workers=1, train=True).loader.persistent_workers
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["torch", "torch-gpu-decode", "dali"])

@@ -9,6 +9,8 @@
   :class:`~recordkit.loaders.sampling.RecordSampler`, workers that return uint8 ``(3, S, S)``
   crops, and the float conversion + normalization done on the target device (ffcv / DALI
   style: 4x fewer bytes through the worker pipes and the host-to-device copy).
+- Training loaders keep their workers between epochs (``persistent_workers``); validation
+  loaders start them for each pass, so they exist only while validating.
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ class TorchLoader:
         self._shift = (-mean / std).to(device=device, dtype=dtype)
         kwargs: dict[str, Any] = {}
         if num_workers > 0:
-            kwargs.update(prefetch_factor=prefetch, persistent_workers=True)
+            # Validation workers live only while validating, not beside the training ones.
+            kwargs.update(prefetch_factor=prefetch, persistent_workers=train)
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
