@@ -294,6 +294,41 @@ def test_validation_workers_are_not_persistent(shards: Path) -> None:
     assert loader(shards, "torch", "val", num_workers=1, train=True).loader.persistent_workers
 
 
+def test_dataloader_iterator_is_created_on_the_loader_device(
+    shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pin-memory thread pins for the device current when the iterator is created: that
+    must be the loader's device (cuda:3 here, faked), not GPU 0."""
+    current = [0]
+    seen: list[tuple[str, int]] = []
+
+    class FakeDevice:  # stands in for torch.cuda.device
+        def __init__(self, device: torch.device) -> None:
+            self.index = torch.device(device).index
+
+        def __enter__(self) -> None:
+            self.prev, current[0] = current[0], self.index
+
+        def __exit__(self, *exc: object) -> None:
+            current[0] = self.prev
+
+    class FakeLoader:
+        def __iter__(self) -> FakeLoader:
+            seen.append(("iter", current[0]))
+            return self
+
+        def __next__(self) -> None:
+            seen.append(("next", current[0]))
+            raise StopIteration
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    ld = loader(shards, "torch")
+    ld.device = torch.device("cuda", 3)
+    ld.loader = FakeLoader()
+    assert list(ld) == []
+    assert seen == [("iter", 3), ("next", 3)] and current[0] == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["torch", "torch-gpu-decode", "dali"])

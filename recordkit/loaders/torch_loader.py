@@ -10,7 +10,9 @@
   crops, and the float conversion + normalization done on the target device (ffcv / DALI
   style: 4x fewer bytes through the worker pipes and the host-to-device copy).
 - Training loaders keep their workers between epochs (``persistent_workers``); validation
-  loaders start them for each pass, so they exist only while validating.
+  loaders start them for each pass, so they exist only while validating. The DataLoader iterator
+  is created (and each batch made) with the loader's CUDA device current, so the pin-memory
+  thread pins for that device (:func:`~recordkit.loaders.gpu_decode.on_device`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from recordkit.errors import CorruptRecordError
 from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.loaders.augment import Augment, CropBox
 from recordkit.loaders.decode import EncodedSample, crop_resize, pil_rgb, val_transform_tensor
+from recordkit.loaders.gpu_decode import on_device, resolve_device
 from recordkit.loaders.sampling import RecordSampler
 
 __all__ = ["RecordDataset", "TorchLoader", "collate_labels", "normalize_batch"]
@@ -196,6 +199,7 @@ class TorchLoader:
         gpu_decode: bool,
         multi_label: bool,
     ) -> None:
+        device = resolve_device(device)
         self.dataset = dataset
         self.sampler = sampler
         self.batch_size = batch_size
@@ -236,16 +240,29 @@ class TorchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # The iterator starts the pin-memory thread (once, with persistent workers: later
+        # epochs reuse it), which pins for the device current now: make it ours.
+        with on_device(self.device):
+            batches = iter(self.loader)
+        while True:
+            with on_device(self.device):  # not around the yield: the caller's code is its own
+                batch = self._next_batch(batches)
+            if batch is None:
+                return
+            yield batch
+
+    def _next_batch(self, batches: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        item = next(batches, None)
+        if item is None:
+            return None
+        samples, labels = item
         nb = self.device.type == "cuda"
-        for samples, labels in self.loader:
-            if self.gpu_decode:
-                images = self._decode_batch(samples)
-            else:
-                images = samples.to(self.device, non_blocking=nb)
-            images = normalize_batch(
-                images, self._scale, self._shift, self.dtype, self.channels_last
-            )
-            yield images, labels.to(self.device, non_blocking=nb)
+        if self.gpu_decode:
+            images = self._decode_batch(samples)
+        else:
+            images = samples.to(self.device, non_blocking=nb)
+        images = normalize_batch(images, self._scale, self._shift, self.dtype, self.channels_last)
+        return images, labels.to(self.device, non_blocking=nb)
 
     def _decode_batch(self, samples: list[EncodedSample]) -> torch.Tensor:
         """Decode the batch's JPEGs in one call on ``device``, then crop/resize/flip there."""
