@@ -352,6 +352,18 @@ def test_gpu_decode_tricky_images_match_the_cpu_path(tmp_path: Path, split: str)
         assert imagegen.psnr(a, b) > 38, imagegen.psnr(a, b)
 
 
+def test_gpu_decode_batches_cross_worker_processes_unchanged(tmp_path: Path) -> None:
+    """The packed batch (one JPEG byte tensor, one pixel tensor) survives the worker queue."""
+    recs = _tricky_records(tmp_path / "img")
+    root = write_shards(tmp_path / "shards", {"train": recs}, records_per_shard=3)
+    kw = {"batch_size": 4, "drop_last": False, "seed": 9, "gpu_decode": True}
+    a = list(loader(root, "torch", "train", num_workers=0, **kw))
+    b = list(loader(root, "torch", "train", num_workers=1, **kw))
+    assert len(a) == len(b) == 2
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_gpu_decode_applies_exif_orientation(tmp_path: Path) -> None:
     """nvJPEG ignores EXIF orientation; the loader must still return the upright picture."""
     path = imagegen.make_exif_rotated_jpeg(tmp_path / "exif6.jpg", 6)
