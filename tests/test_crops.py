@@ -155,6 +155,9 @@ def test_roi_align_runs_once_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
         images, regions, [False] * 10, out, range(10), max_pixels=3 * 24 * 30
     )
     assert n == 4 and sum(calls) == 10 and max(calls) == 3
+    calls.clear()  # a source budget of two 3 x 20-24 x 30 images -> chunks of 2
+    n = crops.crop_resize_batch(images, regions, [False] * 10, out, range(10), max_source=4400)
+    assert n == 5 and calls == [2] * 5
     calls.clear()
     big = [_noise(40, 40, 0)] + images[:3]  # an image over the budget gets a chunk of its own
     whole = [(0, 0, im.shape[2], im.shape[1]) for im in big]
