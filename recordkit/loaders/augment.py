@@ -24,6 +24,7 @@ __all__ = [
     "CropBox",
     "center_crop_box",
     "random_resized_crop_box",
+    "val_crop_region",
     "val_resize_size",
 ]
 
@@ -145,3 +146,37 @@ def center_crop_box(width: int, height: int, size: int) -> CropBox:
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
     return CropBox(left, top, size, size)
+
+
+def val_crop_region(
+    width: int, height: int, image_size: int, val_resize_ratio: float
+) -> tuple[float, float, float, float]:
+    """The validation crop as a region of the original image, for a one-step crop + resize.
+
+    Resizing the shorter side to :func:`val_resize_size` (the longer side as torchvision
+    computes it: ``int(size * long / short)``) and then taking :func:`center_crop_box` is the
+    same as resizing this region, ``(x0, y0, x1, y1)`` in original pixel coordinates (pixel
+    ``i`` spans ``[i, i + 1)``), to ``image_size`` x ``image_size``.
+
+    Args:
+        width: Original width in pixels.
+        height: Original height in pixels.
+        image_size: Output side.
+        val_resize_ratio: As in :class:`Augment`.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` as floats.
+    """
+    short = val_resize_size(image_size, val_resize_ratio)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    box = center_crop_box(new_w, new_h, image_size)
+    sx, sy = width / new_w, height / new_h
+    return (
+        box.left * sx,
+        box.top * sy,
+        (box.left + image_size) * sx,
+        (box.top + image_size) * sy,
+    )

@@ -19,6 +19,10 @@ buffer viewed as CHW (no copy); ``torchvision.io.decode_jpeg`` is as fast but de
 CPU decoding since torchvision 0.29, so it is used only for batched GPU decoding. Normalization
 happens later, on the target device.
 
+With ``gpu_decode``, :class:`EncodedDecode` reads only the JPEG header and sends the bytes and
+the chosen crop on for nvJPEG, or decodes here the images nvJPEG cannot take
+(:mod:`recordkit.loaders.nvjpeg`).
+
 Each callable here is a small picklable class, so DataLoader workers started with ``fork`` or
 ``spawn`` get their own copy.
 """
@@ -26,6 +30,7 @@ Each callable here is a small picklable class, so DataLoader workers started wit
 from __future__ import annotations
 
 import io
+import logging
 import random
 from dataclasses import dataclass
 
@@ -37,6 +42,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from recordkit.errors import RecordkitError
 from recordkit.format.example import Record
+from recordkit.imageinfo import jpeg_header
 from recordkit.loaders.augment import (
     Augment,
     CropBox,
@@ -44,6 +50,7 @@ from recordkit.loaders.augment import (
     random_resized_crop_box,
     val_resize_size,
 )
+from recordkit.loaders.nvjpeg import nvjpeg_refusal
 
 __all__ = [
     "EncodedDecode",
@@ -52,10 +59,13 @@ __all__ = [
     "ValDecode",
     "crop_resize",
     "decode_rgb",
+    "decode_rgb_bytes",
     "image_size_of",
     "pil_rgb",
     "val_transform_tensor",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def _rng(seed: int | None) -> random.Random:
@@ -68,21 +78,31 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10
 def decode_rgb(record: Record) -> torch.Tensor:
     """Decode a record's image to a uint8 ``(3, H, W)`` RGB tensor (a view of an HWC buffer).
 
-    Grayscale, palette and CMYK images come out as RGB; 16-bit PNGs are scaled to 8 bits.
+    Grayscale, palette and CMYK images come out as RGB; 16-bit PNGs are scaled to 8 bits; the
+    EXIF orientation is applied.
 
     Raises:
         RecordkitError: The bytes are not a decodable image (names the record's filename).
     """
-    buf = np.frombuffer(record.image, dtype=np.uint8)
+    return decode_rgb_bytes(record.image, record.filename)
+
+
+def decode_rgb_bytes(data: bytes, name: str = "") -> torch.Tensor:
+    """:func:`decode_rgb` for encoded bytes; ``name`` (e.g. the filename) is used in errors.
+
+    Raises:
+        RecordkitError: The bytes are not a decodable image.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
     arr = cv2.imdecode(buf, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
     if arr is None:
         try:
-            arr = np.asarray(pil_rgb(record))
+            with Image.open(io.BytesIO(data)) as im:
+                arr = np.asarray(im.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            name = record.filename or "record"
             # Pillow names the BytesIO object ("cannot identify image file <_io.BytesIO …>").
             why = "unknown image format" if isinstance(exc, UnidentifiedImageError) else exc
-            raise RecordkitError(f"{name}: cannot decode image ({why})") from None
+            raise RecordkitError(f"{name or 'record'}: cannot decode image ({why})") from None
     elif _IMREAD_RGB is None:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     return torch.from_numpy(arr).permute(2, 0, 1)
@@ -153,40 +173,53 @@ class ValDecode:
 class EncodedSample:
     """What a worker hands the main process when decoding happens there (``gpu_decode``).
 
-    JPEGs travel encoded with their crop decided; other formats are decoded and transformed on
-    the CPU in the worker and travel as ``pixels``.
+    JPEGs that nvJPEG can decode (:func:`~recordkit.loaders.nvjpeg.nvjpeg_refusal`) travel
+    encoded with their crop decided; all other images are decoded and transformed on the CPU in
+    the worker and travel as ``pixels``.
 
     Attributes:
-        data: The encoded JPEG as a 1-D uint8 tensor, or ``None``.
-        box: Training crop in original coordinates, or ``None`` for the validation transform.
+        data: The encoded JPEG, or ``None`` when the sample was decoded in the worker.
+        box: Training crop in the stored image's coordinates (from the JPEG header's size), or
+            ``None`` for the validation transform.
         flip: Mirror after resizing.
         pixels: The finished uint8 ``(3, S, S)`` sample when ``data`` is ``None``.
+        name: The record's filename (for the warning when the GPU decode fails).
     """
 
-    data: torch.Tensor | None
+    data: bytes | None
     box: CropBox | None
     flip: bool
     pixels: torch.Tensor | None = None
+    name: str = ""
 
 
 @dataclass(frozen=True)
 class EncodedDecode:
-    """Record -> :class:`EncodedSample` (training or validation geometry) for batch decoding."""
+    """Record -> :class:`EncodedSample` (training or validation geometry) for batch decoding.
+
+    Reads the JPEG header (never the pixels) to route the image: to nvJPEG with the crop chosen
+    from the header's size, or, for CMYK/YCCK, unusual subsampling, 12-bit, lossless/arithmetic/
+    hierarchical, EXIF-rotated, truncated, non-JPEG or unreadable data, decoded here exactly as
+    :class:`TrainDecode` / :class:`ValDecode` do (same seed, same crop).
+    """
 
     image_size: int
     augment: Augment = Augment()
     train: bool = True
 
     def __call__(self, record: Record, seed: int | None = None) -> EncodedSample:
-        if record.format.lower() not in ("jpeg", "jpg"):
+        name = record.filename or f"record {record.index}"
+        header = jpeg_header(record.image)
+        why = nvjpeg_refusal(header)
+        if why is not None or header is None:
+            log.debug("%s: decoded on the CPU (%s)", name, why)
             make = TrainDecode if self.train else ValDecode
-            return EncodedSample(
-                None, None, False, make(self.image_size, self.augment)(record, seed)
-            )
-        data = torch.frombuffer(bytearray(record.image), dtype=torch.uint8)
+            pixels = make(self.image_size, self.augment)(record, seed)
+            return EncodedSample(None, None, False, pixels, name)
         if not self.train:
-            return EncodedSample(data, None, False)
-        rng = _rng(seed)
-        w, h = image_size_of(record)
-        box = random_resized_crop_box(w, h, self.augment.scale, self.augment.ratio, rng)
-        return EncodedSample(data, box, rng.random() < self.augment.flip)
+            return EncodedSample(record.image, None, False, None, name)
+        rng = _rng(seed)  # the same draws, in the same order, as TrainDecode
+        box = random_resized_crop_box(
+            header.width, header.height, self.augment.scale, self.augment.ratio, rng
+        )
+        return EncodedSample(record.image, box, rng.random() < self.augment.flip, None, name)

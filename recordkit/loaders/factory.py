@@ -187,8 +187,12 @@ def make_loader(
         rank: This rank; default from torch.distributed when initialized, else ``RANK``, else 0.
         world_size: Ranks; default from torch.distributed, else ``WORLD_SIZE``, else 1.
         shuffle: Reshuffle each epoch; default: the same as ``train``.
-        gpu_decode: torch backend on CUDA: workers send JPEG bytes and crop parameters; the
-            main process decodes each batch with ``torchvision.io.decode_jpeg(device=…)``.
+        gpu_decode: torch backend on CUDA: workers read each JPEG's header and send the
+            JPEGs nvJPEG can decode, with their crop; the main process decodes each batch with
+            ``torchvision.io.decode_jpeg(device=…)`` on a side stream and crops/resizes it
+            batch-wise. CMYK/YCCK, EXIF-rotated, unusual-subsampling, 12-bit,
+            lossless/arithmetic, truncated and non-JPEG images are decoded in the workers on
+            the CPU (``docs/LOADERS.md``).
         multi_label: Labels as ``(B, L)`` int64 padded with -1 (L = most labels in the batch)
             instead of ``(B,)`` holding each record's first label.
         initial_fill: DALI reader shuffle buffer (records); default ``max(1024, 4 * batch)``.

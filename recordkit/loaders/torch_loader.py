@@ -8,27 +8,33 @@
 - :class:`TorchLoader` is what ``make_loader(backend="torch")`` returns: a ``DataLoader`` with a
   :class:`~recordkit.loaders.sampling.RecordSampler`, workers that return uint8 ``(3, S, S)``
   crops, and the float conversion + normalization done on the target device (ffcv / DALI
-  style: 4x fewer bytes through the worker pipes and the host-to-device copy).
+  style: 4x fewer bytes through the worker pipes and the host-to-device copy). With
+  ``gpu_decode`` the workers send JPEG bytes and crops instead, and
+  :class:`~recordkit.loaders.gpu_decode.BatchDecoder` decodes and transforms each batch on the
+  device.
+- Training loaders keep their workers between epochs (``persistent_workers``); validation
+  loaders start them for each pass, so they exist only while validating. The DataLoader iterator
+  is created (and each batch made) with the loader's CUDA device current, so the pin-memory
+  thread pins for that device (:func:`~recordkit.loaders.gpu_decode.on_device`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from recordkit.dataset import Dataset, Split, open_dataset
 from recordkit.errors import CorruptRecordError
 from recordkit.format.example import PayloadError, Record, decode_example
-from recordkit.loaders.augment import Augment, CropBox
-from recordkit.loaders.decode import EncodedSample, crop_resize, pil_rgb, val_transform_tensor
+from recordkit.loaders.augment import Augment
+from recordkit.loaders.decode import pil_rgb
+from recordkit.loaders.gpu_decode import BatchDecoder, EncodedBatch, on_device, resolve_device
 from recordkit.loaders.sampling import RecordSampler
 
 __all__ = ["RecordDataset", "TorchLoader", "collate_labels", "normalize_batch"]
@@ -127,7 +133,7 @@ def collate_labels(labels: Sequence[int | Sequence[int]], multi_label: bool) -> 
 
 
 class _Collate:
-    """uint8 stacking (picklable for spawn workers)."""
+    """uint8 stacking, or :meth:`EncodedBatch.collate` (picklable for spawn workers)."""
 
     def __init__(self, multi_label: bool, encoded: bool) -> None:
         self.multi_label = multi_label
@@ -137,7 +143,7 @@ class _Collate:
         samples = [b[0] for b in batch]
         labels = collate_labels([b[1] for b in batch], self.multi_label)
         if self.encoded:
-            return samples, labels
+            return EncodedBatch.collate(samples), labels
         return torch.stack(samples), labels
 
 
@@ -157,13 +163,6 @@ def normalize_batch(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = images.to(dtype=dtype, memory_format=fmt)
     return x.mul_(scale).add_(shift)
-
-
-def _clamp(box: CropBox, img: torch.Tensor) -> CropBox:
-    """Keep a crop chosen from the record's stated size inside the decoded image."""
-    h, w = img.shape[-2:]
-    left, top = min(box.left, w - 1), min(box.top, h - 1)
-    return CropBox(left, top, min(box.width, w - left), min(box.height, h - top))
 
 
 class TorchLoader:
@@ -194,6 +193,7 @@ class TorchLoader:
         gpu_decode: bool,
         multi_label: bool,
     ) -> None:
+        device = resolve_device(device)
         self.dataset = dataset
         self.sampler = sampler
         self.batch_size = batch_size
@@ -210,9 +210,11 @@ class TorchLoader:
         std = torch.tensor(augment.std255, dtype=torch.float64).view(1, 3, 1, 1)
         self._scale = (1.0 / std).to(device=device, dtype=dtype)
         self._shift = (-mean / std).to(device=device, dtype=dtype)
+        self._decoder = BatchDecoder(device, image_size, augment, train) if gpu_decode else None
         kwargs: dict[str, Any] = {}
         if num_workers > 0:
-            kwargs.update(prefetch_factor=prefetch, persistent_workers=True)
+            # Validation workers live only while validating, not beside the training ones.
+            kwargs.update(prefetch_factor=prefetch, persistent_workers=train)
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -233,43 +235,29 @@ class TorchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        nb = self.device.type == "cuda"
-        for samples, labels in self.loader:
-            if self.gpu_decode:
-                images = self._decode_batch(samples)
-            else:
-                images = samples.to(self.device, non_blocking=nb)
-            images = normalize_batch(
-                images, self._scale, self._shift, self.dtype, self.channels_last
-            )
-            yield images, labels.to(self.device, non_blocking=nb)
+        # The iterator starts the pin-memory thread (once, with persistent workers: later
+        # epochs reuse it), which pins for the device current now: make it ours.
+        with on_device(self.device):
+            batches = iter(self.loader)
+        while True:
+            with on_device(self.device):  # not around the yield: the caller's code is its own
+                batch = self._next_batch(batches)
+            if batch is None:
+                return
+            yield batch
 
-    def _decode_batch(self, samples: list[EncodedSample]) -> torch.Tensor:
-        """Decode the batch's JPEGs in one call on ``device``, then crop/resize/flip there."""
-        size = self.image_size
-        out = torch.empty((len(samples), 3, size, size), dtype=torch.uint8, device=self.device)
-        todo = [i for i, s in enumerate(samples) if s.data is not None]
-        if todo:
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = decode_jpeg(
-                    [samples[i].data for i in todo],  # type: ignore[misc]
-                    mode=ImageReadMode.RGB,
-                    device=self.device,
-                )
-            for i, img in zip(todo, decoded, strict=True):
-                s = samples[i]
-                if s.box is None:
-                    out[i] = val_transform_tensor(img, size, self.augment)
-                else:
-                    out[i] = crop_resize(
-                        img, _clamp(s.box, img), size, s.flip, self.augment.train_antialias
-                    )
-        for i, s in enumerate(samples):
-            if s.data is None:
-                assert s.pixels is not None
-                out[i] = s.pixels.to(self.device, non_blocking=True)
-        return out
+    def _next_batch(self, batches: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        item = next(batches, None)
+        if item is None:
+            return None
+        samples, labels = item
+        nb = self.device.type == "cuda"
+        if self._decoder is not None:
+            images = self._decoder(samples)
+        else:
+            images = samples.to(self.device, non_blocking=nb)
+        images = normalize_batch(images, self._scale, self._shift, self.dtype, self.channels_last)
+        return images, labels.to(self.device, non_blocking=nb)
 
     def __repr__(self) -> str:
         return (
