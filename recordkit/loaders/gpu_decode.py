@@ -45,7 +45,6 @@ __all__ = [
     "decode_jpegs",
     "decode_on_side_stream",
     "on_device",
-    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,17 +110,6 @@ class EncodedBatch:
             self.pixels = self.pixels.pin_memory()
             self.pixel_index = self.pixel_index.pin_memory()
         return self
-
-
-def resolve_device(device: torch.device) -> torch.device:
-    """``cuda`` without an index -> ``cuda:<current device>``; other devices unchanged.
-
-    The loader's normalization constants are placed on the current device when it is built, so
-    fixing the index then keeps every later step (iterator, pin thread, decode) on that device.
-    """
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -34,7 +34,8 @@ from recordkit.errors import CorruptRecordError
 from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.loaders.augment import Augment
 from recordkit.loaders.decode import pil_rgb
-from recordkit.loaders.gpu_decode import BatchDecoder, EncodedBatch, on_device, resolve_device
+from recordkit.loaders.factory import resolve_device
+from recordkit.loaders.gpu_decode import BatchDecoder, EncodedBatch, on_device
 from recordkit.loaders.sampling import RecordSampler
 
 __all__ = ["RecordDataset", "TorchLoader", "collate_labels", "normalize_batch"]
