@@ -25,6 +25,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters (a newline in a file name) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def user_errors(fn: F) -> F:
     """Turn library errors into ``Error: <message>`` and exit code 1 (2 is click's usage)."""
 
@@ -33,10 +40,10 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RecordkitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         except OSError as exc:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            raise click.ClickException(one_line(f"{exc.strerror or exc}{where}")) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -156,24 +163,35 @@ def list_cmd(
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--no-decode", is_flag=True, help="Check framing, CRCs and index only.")
+@click.option(
+    "--decode",
+    "images",
+    is_flag=True,
+    help="Also decode every image in full and check its format and size (as slow as decoding "
+    "for training).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def verify(path: Path, no_decode: bool, quiet: bool) -> None:
+def verify(path: Path, no_decode: bool, images: bool, quiet: bool) -> None:
     """Check a shard directory (or one .tfrecord file) end to end.
 
     Every record's CRCs, every .idx line against the file, each record parses as an image
-    Example with labels in range, and the manifest's record counts, sizes and SHA-256 sums.
-    Prints each problem as FILE: offset N: WHAT and exits 1 if there is any.
+    Example with labels in range (one per record in a single-label split), the manifest's
+    record counts, sizes and SHA-256 sums, and no shard file missing from the manifest. With
+    --decode every image is decoded too. Prints each problem as FILE: offset N: WHAT and
+    exits 1 if there is any.
     """
     from recordkit.verify import verify as verify_path
 
+    if images and no_decode:
+        raise click.UsageError("--decode and --no-decode exclude each other")
     total = _total_bytes(path)
     with _progress_bar(total, "B", "verify", quiet=quiet, unit_scale=True) as bar:
-        report = verify_path(path, decode=not no_decode, progress=bar.update)
+        report = verify_path(path, decode=not no_decode, images=images, progress=bar.update)
     for w in report.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(one_line(f"warning: {w}"), err=True)
     for p in report.problems:
-        click.echo(str(p))
+        click.echo(one_line(str(p)))
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)

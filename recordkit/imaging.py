@@ -105,7 +105,14 @@ from PIL import Image, UnidentifiedImageError
 from recordkit.errors import RecordkitError
 from recordkit.imageinfo import NotAnImage, image_info
 
-__all__ = ["EncodedImage", "ImageError", "ImageOptions", "probe", "process_image"]
+__all__ = [
+    "EncodedImage",
+    "ImageError",
+    "ImageOptions",
+    "probe",
+    "process_image",
+    "validate_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +278,32 @@ def probe(data: bytes) -> tuple[str, int, int]:
     img = _open(data, max_pixels=None)
     with img:
         return (img.format or "unknown").lower(), img.size[0], img.size[1]
+
+
+def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """Decode an image fully to prove it intact, as :func:`process_image` checks kept bytes.
+
+    JPEGs are decoded at 1/8 scale (every entropy-coded byte is still read); PNG chunk CRCs
+    are checked, IDAT's included.
+
+    Args:
+        data: Image file bytes.
+        max_pixels: Refuse images with more pixels than this, from the header.
+
+    Returns:
+        ``(format, width, height)``: format lower-case as Pillow names it, the stored size.
+
+    Raises:
+        ImageError: Empty, not an image, truncated or corrupt, or too many pixels.
+    """
+    img = _open(data, max_pixels)
+    with img:
+        fmt = (img.format or "unknown").lower()
+        size = img.size
+        if fmt == "png":
+            _check_png_chunks(data)
+        _validate(img)
+    return fmt, size[0], size[1]
 
 
 def process_image(data: bytes, opts: ImageOptions) -> EncodedImage:
