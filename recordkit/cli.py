@@ -80,9 +80,13 @@ def main(verbose: int) -> None:
     recordkit inspect shards/ --json
     """
     import logging
+    import warnings
 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Pillow warns (two lines on stderr) above 89 Mpx; recordkit's own limits decide instead
+    # and say so in the skip reason (recordkit.memory).
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 # --- list ------------------------------------------------------------------------------------
@@ -430,7 +434,19 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
     help="Pack only shards i with i % N == K (machine K of N); then run once with --merge.",
 )
 @click.option("--merge", is_flag=True, help="Write the manifest once all --part runs finished.")
-@click.option("--strict", is_flag=True, help="Stop at the first bad image (default: skip it).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop at the first bad image (default: skip it), and refuse list entries outside ROOT "
+    "('..', absolute paths, symlinks out; im2rec packs them, and so does the default).",
+)
+@click.option(
+    "--memory",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else _parse_bytes(ctx, param, value),
+    help="Memory the images being decoded may use together; an image whose decoding needs "
+    "more is skipped, saying so. [default: half of what this process may still allocate]",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no list of skipped inputs.")
 @user_errors
 def pack_cmd(
@@ -455,6 +471,7 @@ def pack_cmd(
     part: tuple[int, int] | None,
     merge: bool,
     strict: bool,
+    memory: int | None,
     quiet: bool,
 ) -> None:
     """Pack the images of PREFIX*.lst (im2rec lists) under ROOT into TFRecord shards.
@@ -507,14 +524,16 @@ def pack_cmd(
         part=part or (0, 1),
         merge=merge,
         strict=strict,
+        memory=memory,
     )
     with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
         result = pack(prefix, root, options, progress=_bar_callback(bar))
     if not quiet:
-        for s in result.skipped[:20]:
-            click.echo(f"skipped {s['split']} {s['path']}: {s['reason']}", err=True)
-        if len(result.skipped) > 20:
-            click.echo(f"... and {len(result.skipped) - 20} more (see the manifest)", err=True)
+        for what, items in (("skipped", result.skipped), ("outside ROOT", result.outside_root)):
+            for s in items[:20]:
+                click.echo(one_line(f"{what} {s['split']} {s['path']}: {s['reason']}"), err=True)
+            if len(items) > 20:
+                click.echo(f"... and {len(items) - 20} more {what} (see the manifest)", err=True)
     if result.manifest is None:
         click.echo(f"part {options.part[0]}/{options.part[1]} done; run with --merge when all are")
     click.echo(result.summary())
@@ -600,7 +619,9 @@ def convert_rec_cmd(
         )
     if not quiet:
         for s in result.skipped[:20]:
-            click.echo(f"skipped {s['path']} (offset {s['offset']}): {s['reason']}", err=True)
+            click.echo(
+                one_line(f"skipped {s['path']} (offset {s['offset']}): {s['reason']}"), err=True
+            )
         if len(result.skipped) > 20:
             click.echo(f"... and {len(result.skipped) - 20} more (see the manifest)", err=True)
     click.echo(result.summary())
