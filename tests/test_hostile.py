@@ -365,3 +365,179 @@ def test_open_does_not_trust_a_manifest_count_that_is_too_low(ds):
     with pytest.raises(CorruptRecordError):
         split[0]
     assert not recordkit.verify(ds).ok
+
+
+# --------------------------------------------------------------------------------------------
+# .lst files: pack
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """``img/c0/img_00000.jpg``, ``img/c0/img_00001.jpg``, ``img/c1/img_00002.jpg``, …"""
+    import imagegen
+
+    root = tmp_path / "img"
+    imagegen.make_tree(root, classes=2, per_class=2)
+    return root
+
+
+def write_lst(tmp_path: Path, *lines: bytes) -> Path:
+    lst = tmp_path / "data.lst"
+    lst.write_bytes(b"".join(line + b"\n" for line in lines))
+    return lst
+
+
+def pack_cli(lst: Path, root: Path, out: Path, *extra: str):
+    return cli(
+        "pack", "--threads", "1", "--shard-size", "10", *extra, "--list", lst, root, "--out", out
+    )
+
+
+GOOD = b"0\t0.000000\tc0/img_00000.jpg"
+
+
+def test_lst_path_that_is_not_utf8_packs_with_its_bytes(tmp_path, images):
+    name = os.fsencode(images / "c1") + b"/caf\xe9.jpg"
+    os.rename(images / "c1" / "img_00002.jpg", name)
+    lst = write_lst(tmp_path, GOOD, b"1\t1.000000\tc1/caf\xe9.jpg", b"2\t1.000000\tc1/gone\xff.jpg")
+    out = tmp_path / "out"
+    result = pack_cli(lst, images, out)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    ds = recordkit.open(out)
+    assert [r.filename for r in ds["train"]] == ["c0/img_00000.jpg", "c1/caf\ufffd.jpg"]
+    raw = recordkit.ShardReader(out / "train-00000-of-00001.tfrecord").read_bytes(1)
+    assert b"c1/caf\xe9.jpg" in raw  # image/filename keeps the file name's bytes
+    assert ds.manifest.skipped[0]["path"] == "c1/gone\\xff.jpg"
+    assert recordkit.verify(out).ok
+
+
+def test_lst_path_with_a_nul_byte(tmp_path, images):
+    lst = write_lst(tmp_path, GOOD, b"1\t0.000000\tc0/a\x00b.jpg")
+    assert_one_line_error(pack_cli(lst, images, tmp_path / "out"), "line 2", "NUL")
+
+
+@pytest.mark.parametrize("index", [b"1" + b"0" * 30, b"-1180591620717411303424"])
+def test_lst_index_that_does_not_fit_int64(tmp_path, images, index):
+    lst = write_lst(tmp_path, GOOD, index + b"\t0.000000\tc0/img_00001.jpg")
+    assert_one_line_error(pack_cli(lst, images, tmp_path / "out"), "line 2", "64 bits")
+    assert not (tmp_path / "out" / "recordkit.json").exists()
+
+
+@pytest.mark.parametrize("label", [b"1000000000.000000", b"1e30"])
+def test_lst_label_that_would_make_a_billion_classes(tmp_path, images, label):
+    lst = write_lst(tmp_path, GOOD, b"1\t" + label + b"\tc1/img_00002.jpg")
+    run = run_guarded(
+        ["recordkit", "pack", "-q", "--list", str(lst), str(images), "--out", str(tmp_path / "out")]
+    )
+    assert not (run.hung or run.traceback or run.out_of_memory), run
+    assert run.returncode == 1 and run.last_line.startswith("Error: "), run
+    assert "c1/img_00002.jpg" in run.last_line and "a damaged label?" in run.last_line
+
+
+def test_lst_line_naming_dev_zero_or_a_fifo_is_skipped(tmp_path, images):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    lst = write_lst(tmp_path, GOOD, b"1\t0.000000\t/dev/zero", b"2\t0.000000\t" + os.fsencode(fifo))
+    out = tmp_path / "out"
+    run = run_guarded(["recordkit", "pack", "--list", str(lst), str(images), "--out", str(out)])
+    assert not (run.hung or run.traceback or run.out_of_memory), run
+    assert run.returncode == 0, run
+    skipped = {s["path"]: s["reason"] for s in recordkit.open(out).manifest.skipped}
+    assert "character device" in skipped["/dev/zero"] and "FIFO" in skipped[str(fifo)]
+    assert "skipped train /dev/zero: is a character device" in run.stderr
+
+
+def test_lst_entries_outside_root_are_packed_counted_and_named(tmp_path, images):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (images / "c0" / "img_00001.jpg").rename(elsewhere / "a.jpg")
+    (images / "c0" / "img_00001.jpg").symlink_to(elsewhere / "a.jpg")
+    (images / "linked").symlink_to(elsewhere, target_is_directory=True)
+    lst = write_lst(
+        tmp_path,
+        GOOD,
+        b"1\t0.000000\t../elsewhere/a.jpg",
+        b"2\t0.000000\t" + os.fsencode(elsewhere / "a.jpg"),
+        b"3\t0.000000\tc0/img_00001.jpg",
+        b"4\t0.000000\tlinked/a.jpg",
+        b"5\t0.000000\tc0/../c1/img_00002.jpg",  # '..' that stays inside
+    )
+    out = tmp_path / "out"
+    result = pack_cli(lst, images, out)
+    assert result.exit_code == 0, result.output
+    assert "(4 from outside ROOT)" in result.output.splitlines()[-1]
+    outside = recordkit.open(out).manifest.outside_root
+    assert [(o["path"], o["reason"]) for o in outside] == [
+        ("../elsewhere/a.jpg", "outside ROOT: '..' leads out of ROOT"),
+        (str(elsewhere / "a.jpg"), "outside ROOT: an absolute path"),
+        ("c0/img_00001.jpg", "outside ROOT: a symlink leads out of ROOT"),
+        ("linked/a.jpg", "outside ROOT: a symlinked directory leads out of ROOT"),
+    ]
+    assert len(recordkit.open(out)["train"]) == 6  # packed, as im2rec packs them
+    result = pack_cli(lst, images, tmp_path / "strict", "--strict")
+    assert_one_line_error(result, "'../elsewhere/a.jpg' is outside ROOT", "--strict")
+    assert not (tmp_path / "strict" / "recordkit.json").exists()
+
+
+def test_png_just_under_pillows_bomb_limit_is_refused_in_one_line(tmp_path, images):
+    import imagegen
+
+    imagegen.make_bomb_png(images / "c0" / "big.png", side=13_000)  # 169 Mpx, under 178.9 Mpx
+    lst = write_lst(tmp_path, GOOD, b"1\t0.000000\tc0/big.png")
+    out = tmp_path / "out"
+    args = [
+        "recordkit",
+        "pack",
+        "--threads",
+        "2",
+        "--list",
+        str(lst),
+        str(images),
+        "--out",
+        str(out),
+    ]
+    run = run_guarded(args, memory_mib=1024, timeout=120)
+    assert not (run.hung or run.traceback or run.out_of_memory), run
+    assert run.returncode == 0, run
+    (skip,) = recordkit.open(out).manifest.skipped
+    assert skip["path"] == "c0/big.png"
+    assert "a 13000x13000 image needs about 4.1 GB of memory to decode" in skip["reason"]
+    assert "address-space limit" in skip["reason"]
+    # --memory sets the budget, whatever the machine
+    result = pack_cli(lst, images, tmp_path / "o2", "--memory", "100MB")
+    assert result.exit_code == 0, result.output
+    (skip,) = recordkit.open(tmp_path / "o2").manifest.skipped
+    assert skip["reason"].endswith("more than the 100.0 MB this process may use (--memory)")
+
+
+def test_convert_rec_label_that_would_make_33_million_classes(tmp_path):
+    from test_convert_rec import FIX, ir, write_rec
+
+    jpg = (FIX / "imgs" / "cat" / "cat0.jpg").read_bytes()
+    rec = tmp_path / "flip.rec"
+    offsets = write_rec(rec, [ir(0, 1.0, jpg), ir(1, float(2**25), jpg)])
+    out = tmp_path / "out"
+    run = run_guarded(["recordkit", "convert-rec", str(rec), "--out", str(out)])
+    assert not (run.hung or run.traceback or run.out_of_memory), run
+    assert run.returncode == 1 and run.last_line.startswith("Error: "), run
+    assert f"offset {offsets[1]}: record id 1: label 33554432" in run.last_line
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_predict_on_a_checkpoint_whose_config_is_a_string(tmp_path, images):
+    import torch
+
+    from recordkit_train.checkpoint import save_checkpoint
+    from recordkit_train.cli import main as train_main
+
+    ckpt = tmp_path / "odd.pt"
+    save_checkpoint(ckpt, {"model": {"fc.weight": torch.zeros(3, 8)}, "config": "resnet18"})
+    result = CliRunner().invoke(
+        train_main, ["predict", "--checkpoint", str(ckpt), str(images), "--device", "cpu"]
+    )
+    assert_one_line_error(result, "odd.pt", "config is a str")
