@@ -398,7 +398,7 @@ def read_list(path: str | os.PathLike[str]) -> list[ListEntry]:
         data = read_regular(path_s, limit=MAX_LIST_BYTES, what=".lst file")
     except InputFileError as err:
         raise ListError(f"cannot read {err}") from None
-    except OSError as err:
+    except OSError as err:  # a read error after the open
         raise ListError(f"cannot read {path_s}: {err.strerror or err}") from err
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]

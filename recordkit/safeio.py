@@ -28,16 +28,22 @@ _FLAGS |= getattr(os, "O_BINARY", 0)
 
 
 class InputFileError(RecordkitError):
-    """An input is not a regular file, is larger than it may be, or cannot be named.
+    """An input cannot be opened, is not a regular file, is larger than it may be, or cannot
+    be named.
 
     Attributes:
         path: The file as given.
-        reason: What is wrong, without the file name.
+        reason: What is wrong, without the file name (``"No such file or directory"``, ``"is a
+            FIFO, not a regular file; …"``).
+        errno: The OS error number when the OS refused to open it, else None.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | bytes, reason: str) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | bytes, reason: str, errno: int | None = None
+    ) -> None:
         self.path = os.fsdecode(path)
         self.reason = reason
+        self.errno = errno
         super().__init__(f"{self.path}: {reason}")
 
 
@@ -81,15 +87,15 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "file") -> int:
         An OS-level descriptor (close it with ``os.close`` or wrap it with ``os.fdopen``).
 
     Raises:
-        InputFileError: It is a FIFO, device, socket or directory, or its name has a NUL.
-        OSError: It does not exist or cannot be opened.
+        InputFileError: It does not exist or cannot be opened (``errno`` set), is a FIFO,
+            device, socket or directory, or its name has a NUL.
     """
     try:
         fd = os.open(path, _FLAGS)
     except ValueError:  # embedded NUL byte
         raise InputFileError(_printable(path), "file name contains a NUL byte") from None
-    except IsADirectoryError:
-        raise InputFileError(path, f"is a directory, not a {what}") from None
+    except OSError as exc:  # missing, permission, a symlink loop, a name too long
+        raise InputFileError(path, exc.strerror or str(exc), exc.errno) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -116,9 +122,9 @@ def read_regular(path: str | os.PathLike[str], *, limit: int, what: str = "file"
         Its bytes.
 
     Raises:
-        InputFileError: Not a regular file.
+        InputFileError: It cannot be opened, or is not a regular file.
         InputTooLargeError: Larger than ``limit`` (checked before reading, and while reading).
-        OSError: It cannot be opened or read.
+        OSError: It cannot be read.
     """
     fd = open_regular(path, what=what)
     try:

@@ -95,10 +95,8 @@ def verify_shard(
     try:
         f = os.fdopen(open_regular(path, what="shard"), "rb", buffering=0)
     except InputFileError as exc:
-        rep.problems.append(Problem(spath, None, exc.reason))
-        return rep, ""
-    except OSError as exc:
-        rep.problems.append(Problem(spath, None, f"cannot open: {exc.strerror or exc}"))
+        reason = exc.reason if exc.errno is None else f"cannot open: {exc.reason}"
+        rep.problems.append(Problem(spath, None, reason))
         return rep, ""
     with f:
         size = os.fstat(f.fileno()).st_size
@@ -139,7 +137,8 @@ def verify_shard(
         rep.problems.append(Problem(str(idx), exc.offset, exc.reason))
         return rep, sha.hexdigest()
     except InputFileError as exc:
-        rep.problems.append(Problem(str(idx), None, exc.reason))
+        reason = exc.reason if exc.errno is None else f"cannot open: {exc.reason}"
+        rep.problems.append(Problem(str(idx), None, reason))
         return rep, sha.hexdigest()
     except OSError as exc:
         rep.problems.append(Problem(str(idx), None, f"cannot read: {exc.strerror or exc}"))

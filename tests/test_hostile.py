@@ -8,6 +8,7 @@ or hang on unfixed code run in a child process under a memory cap and a timeout
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import assert_one_line_error, make_record
 from guarded import run_guarded
+from PIL import Image
 
 import recordkit
 from recordkit import CorruptRecordError, RecordkitError, ShardWriter
@@ -314,10 +316,6 @@ def test_many_labels_in_a_single_label_split(tmp_path, make_shards):
 
 
 def test_verify_decode_finds_images_that_do_not_decode(tmp_path, make_shards):
-    import io
-
-    from PIL import Image
-
     def png(colour: int) -> bytes:
         buf = io.BytesIO()
         Image.new("RGB", (20, 10), (colour, 0, 0)).save(buf, "PNG")
@@ -541,3 +539,31 @@ def test_predict_on_a_checkpoint_whose_config_is_a_string(tmp_path, images):
         train_main, ["predict", "--checkpoint", str(ckpt), str(images), "--device", "cpu"]
     )
     assert_one_line_error(result, "odd.pt", "config is a str")
+
+
+# --------------------------------------------------------------------------------------------
+# Found by the fuzzer (tests/fuzzing.py)
+
+
+def test_a_missing_shard_is_a_recordkit_error_for_open(ds):
+    (ds / SHARD0).unlink()
+    with pytest.raises(recordkit.InputFileError, match="No such file"):
+        list(recordkit.open(ds)["train"])
+    assert_one_line_error(cli("inspect", "-q", ds), SHARD0, "No such file")
+
+
+def test_a_file_name_longer_than_name_max(ds):
+    edit_manifest(ds, lambda d: d["splits"]["train"]["shards"][0].update(index="x" * 300))
+    assert_refused_everywhere(ds, "not a plain file name")
+
+
+def test_an_image_too_tall_for_jpeg_is_skipped_not_a_traceback(tmp_path):
+    import numpy as np
+
+    from recordkit.imaging import ImageError, ImageOptions, process_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((70_000, 1), np.uint8)).save(buf, "PNG")
+    with pytest.raises(ImageError, match="at most 65535 a side"):
+        process_image(buf.getvalue(), ImageOptions())
+    assert process_image(buf.getvalue(), ImageOptions(encoding=".png")).height == 70_000

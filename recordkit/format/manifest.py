@@ -297,7 +297,13 @@ def _count(value: Any, what: str) -> int:
 
 def _file_name(value: Any, what: str) -> str:
     name = _text(value, what)
-    if name in ("", ".", "..") or Path(name).name != name or "\\" in name or not _printable(name):
+    if (
+        name in ("", ".", "..")
+        or Path(name).name != name
+        or "\\" in name
+        or not _printable(name)
+        or len(name.encode("utf-8", "surrogateescape")) > 255  # NAME_MAX
+    ):
         raise ValueError(f"shard file name {_show(name)} is not a plain file name")
     return name
 

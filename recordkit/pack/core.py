@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -66,11 +67,9 @@ def _read_and_process(
     try:
         fd = open_regular(path, what="image")
     except InputFileError as exc:
-        return None, exc.reason, 0
-    except FileNotFoundError:
-        return None, "file not found", 0
-    except OSError as exc:
-        return None, f"cannot read: {exc.strerror or exc}", 0
+        if exc.errno == errno.ENOENT:
+            return None, "file not found", 0
+        return None, exc.reason if exc.errno is None else f"cannot read: {exc.reason}", 0
     budget = budget or MemoryBudget.probe()
     with os.fdopen(fd, "rb") as f:
         size = os.fstat(fd).st_size
@@ -78,13 +77,13 @@ def _read_and_process(
         if refusal is not None:
             return None, refusal, 0
         try:
-            data = f.read(budget.total + 1)
+            data = f.read(size + 1)  # never more than fstat said, plus one byte to see growth
         except OSError as exc:
             return None, f"cannot read: {exc.strerror or exc}", 0
     if not data:
         return None, "empty file (0 bytes)", 0
-    if len(data) > budget.total:  # it grew after the fstat
-        return None, budget.refusal(len(data), f"a file of {len(data)}+ bytes"), 0
+    if len(data) > size:
+        return None, "the file grew while it was being read", 0
     try:
         _, width, height = probe(data)
         if width * height > image.max_pixels:
