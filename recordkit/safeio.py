@@ -34,7 +34,7 @@ class InputFileError(RecordkitError):
     Attributes:
         path: The file as given.
         reason: What is wrong, without the file name (``"No such file or directory"``, ``"is a
-            FIFO, not a regular file; …"``).
+            FIFO; only regular files are read as shards"``).
         errno: The OS error number when the OS refused to open it, else None.
     """
 
@@ -58,7 +58,7 @@ class InputTooLargeError(InputFileError):
     def __init__(self, path: str | os.PathLike[str], size: int, limit: int, what: str) -> None:
         self.size = size
         self.limit = limit
-        super().__init__(path, f"{size} bytes, more than the {limit} a {what} may hold here")
+        super().__init__(path, f"{size} bytes, more than the {limit} allowed for this {what}")
 
 
 def file_kind(mode: int) -> str:
@@ -100,7 +100,7 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "file") -> int:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise InputFileError(
-                path, f"is {file_kind(mode)}, not a regular file; a {what} must be a regular file"
+                path, f"is {file_kind(mode)}; only regular files are read as {what}s"
             )
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)  # ordinary reads from here on

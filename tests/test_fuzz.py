@@ -18,6 +18,7 @@ from fuzzing import BAD, FAMILIES, cases_from_env, sweep
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS, FIFOs")
 
 
+@pytest.mark.slow
 def test_fuzz_every_input_family():
     seed = int(os.environ.get("RECORDKIT_FUZZ_SEED", "0"))
     report = sweep(seed, cases_from_env())
