@@ -23,6 +23,7 @@ from recordkit.format import (
     read_manifest,
 )
 from recordkit.format.manifest import ShardEntry, SplitEntry, write_manifest
+from recordkit.safeio import InputFileError
 from recordkit.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -67,6 +68,7 @@ __all__ = [
     "CorruptRecordError",
     "Dataset",
     "IndexMismatchError",
+    "InputFileError",
     "Manifest",
     "ManifestError",
     "Record",

@@ -11,11 +11,38 @@ from pathlib import Path
 
 from recordkit.errors import ManifestError, RecordkitError
 from recordkit.format.manifest import MANIFEST_NAME, Manifest, read_manifest
-from recordkit.listing import ListEntry, ListError, classes_from_lists
+from recordkit.listing import ListEntry, ListError, classes_from_lists, text_path
 
-__all__ = ["class_names_from_lists", "existing_manifest", "merge_classes"]
+__all__ = [
+    "MIN_CLASS_BOUND",
+    "check_class_count",
+    "class_names_from_lists",
+    "existing_manifest",
+    "merge_classes",
+]
 
 logger = logging.getLogger(__name__)
+
+MIN_CLASS_BOUND = 1 << 20
+"""Labels may reach ``max(images, MIN_CLASS_BOUND) - 1``; beyond that a label is damaged."""
+
+
+def check_class_count(max_label: int, images: int, where: str, error: type[RecordkitError]) -> None:
+    """Refuse a label that would make more classes than there are images (and 2**20).
+
+    Class names ``0..max_label`` are built for numbered classes; one flipped bit in a float
+    label (``2**25``) or a typo (``1e9``) must not build a billion of them.
+
+    Raises:
+        RecordkitError: (``error``) ``max_label`` is out of bounds; the message names ``where``.
+    """
+    bound = max(images, MIN_CLASS_BOUND)
+    if max_label >= bound:
+        raise error(
+            f"{where}: label {max_label} would make {max_label + 1} classes for {images} "
+            f"images; class labels run 0..K-1 with K at most max(images, {MIN_CLASS_BOUND}) "
+            "(a damaged label?)"
+        )
 
 
 def class_names_from_lists(entries: Sequence[ListEntry], max_label: int) -> list[str]:
@@ -24,7 +51,7 @@ def class_names_from_lists(entries: Sequence[ListEntry], max_label: int) -> list
     Raises:
         ListError: Images directly in the root, or a label without a folder.
     """
-    names = [c.replace(os.sep, "/") for c in classes_from_lists(entries)]
+    names = [text_path(c.replace(os.sep, "/")) for c in classes_from_lists(entries)]
     if "." in names:
         raise ListError("images directly in the list's root have no class directory")
     if max_label >= len(names):

@@ -25,6 +25,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters (a newline in a file name) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def user_errors(fn: F) -> F:
     """Turn library errors into ``Error: <message>`` and exit code 1 (2 is click's usage)."""
 
@@ -33,10 +40,10 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RecordkitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         except OSError as exc:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            raise click.ClickException(one_line(f"{exc.strerror or exc}{where}")) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -73,9 +80,13 @@ def main(verbose: int) -> None:
     recordkit inspect shards/ --json
     """
     import logging
+    import warnings
 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Pillow warns (two lines on stderr) above 89 Mpx; recordkit's own limits decide instead
+    # and say so in the skip reason (recordkit.memory).
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 # --- list ------------------------------------------------------------------------------------
@@ -156,24 +167,35 @@ def list_cmd(
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--no-decode", is_flag=True, help="Check framing, CRCs and index only.")
+@click.option(
+    "--decode",
+    "images",
+    is_flag=True,
+    help="Also decode every image in full and check its format and size (as slow as decoding "
+    "for training).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def verify(path: Path, no_decode: bool, quiet: bool) -> None:
+def verify(path: Path, no_decode: bool, images: bool, quiet: bool) -> None:
     """Check a shard directory (or one .tfrecord file) end to end.
 
     Every record's CRCs, every .idx line against the file, each record parses as an image
-    Example with labels in range, and the manifest's record counts, sizes and SHA-256 sums.
-    Prints each problem as FILE: offset N: WHAT and exits 1 if there is any.
+    Example with labels in range (one per record in a single-label split), the manifest's
+    record counts, sizes and SHA-256 sums, and no shard file missing from the manifest. With
+    --decode every image is decoded too. Prints each problem as FILE: offset N: WHAT and
+    exits 1 if there is any.
     """
     from recordkit.verify import verify as verify_path
 
+    if images and no_decode:
+        raise click.UsageError("--decode and --no-decode exclude each other")
     total = _total_bytes(path)
     with _progress_bar(total, "B", "verify", quiet=quiet, unit_scale=True) as bar:
-        report = verify_path(path, decode=not no_decode, progress=bar.update)
+        report = verify_path(path, decode=not no_decode, images=images, progress=bar.update)
     for w in report.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(one_line(f"warning: {w}"), err=True)
     for p in report.problems:
-        click.echo(str(p))
+        click.echo(one_line(str(p)))
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)
@@ -412,7 +434,19 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
     help="Pack only shards i with i % N == K (machine K of N); then run once with --merge.",
 )
 @click.option("--merge", is_flag=True, help="Write the manifest once all --part runs finished.")
-@click.option("--strict", is_flag=True, help="Stop at the first bad image (default: skip it).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop at the first bad image (default: skip it), and refuse list entries outside ROOT "
+    "('..', absolute paths, symlinks out; im2rec packs them, and so does the default).",
+)
+@click.option(
+    "--memory",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else _parse_bytes(ctx, param, value),
+    help="Memory the images being decoded may use together; an image whose decoding needs "
+    "more is skipped, saying so. [default: half of what this process may still allocate]",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no list of skipped inputs.")
 @user_errors
 def pack_cmd(
@@ -437,6 +471,7 @@ def pack_cmd(
     part: tuple[int, int] | None,
     merge: bool,
     strict: bool,
+    memory: int | None,
     quiet: bool,
 ) -> None:
     """Pack the images of PREFIX*.lst (im2rec lists) under ROOT into TFRecord shards.
@@ -489,14 +524,16 @@ def pack_cmd(
         part=part or (0, 1),
         merge=merge,
         strict=strict,
+        memory=memory,
     )
     with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
         result = pack(prefix, root, options, progress=_bar_callback(bar))
     if not quiet:
-        for s in result.skipped[:20]:
-            click.echo(f"skipped {s['split']} {s['path']}: {s['reason']}", err=True)
-        if len(result.skipped) > 20:
-            click.echo(f"... and {len(result.skipped) - 20} more (see the manifest)", err=True)
+        for what, items in (("skipped", result.skipped), ("outside ROOT", result.outside_root)):
+            for s in items[:20]:
+                click.echo(one_line(f"{what} {s['split']} {s['path']}: {s['reason']}"), err=True)
+            if len(items) > 20:
+                click.echo(f"... and {len(items) - 20} more {what} (see the manifest)", err=True)
     if result.manifest is None:
         click.echo(f"part {options.part[0]}/{options.part[1]} done; run with --merge when all are")
     click.echo(result.summary())
@@ -582,7 +619,9 @@ def convert_rec_cmd(
         )
     if not quiet:
         for s in result.skipped[:20]:
-            click.echo(f"skipped {s['path']} (offset {s['offset']}): {s['reason']}", err=True)
+            click.echo(
+                one_line(f"skipped {s['path']} (offset {s['offset']}): {s['reason']}"), err=True
+            )
         if len(result.skipped) > 20:
             click.echo(f"... and {len(result.skipped) - 20} more (see the manifest)", err=True)
     click.echo(result.summary())

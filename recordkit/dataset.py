@@ -19,6 +19,7 @@ from recordkit.format import framing
 from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.format.manifest import Manifest, ShardEntry, read_manifest
 from recordkit.format.reader import ShardReader
+from recordkit.safeio import open_regular
 
 __all__ = ["Dataset", "Split", "open_dataset", "partition"]
 
@@ -87,17 +88,27 @@ class Split(Sequence[Record]):
         s = bisect.bisect_right(self._starts, i) - 1
         return s, i - self._starts[s]
 
+    def reader(self, s: int) -> ShardReader:
+        """The reader of shard ``s``, once its index agrees with the manifest's record count.
+
+        Raises:
+            CorruptRecordError: The shard's index lists another number of records than the
+                manifest (the offset is that of the first record the manifest does not count,
+                or the end of the file when the index has fewer).
+        """
+        reader = self.readers[s]
+        want, have = self.entries[s].records, len(reader)
+        if want != have:
+            where = reader.entries[want][0] if have > want else reader.file_size
+            raise CorruptRecordError(
+                reader.path, where, f"manifest says {want} records, index has {have}"
+            )
+        return reader
+
     def read_bytes(self, i: int) -> bytes:
         """Return the raw data (serialized Example) of record ``i``."""
         s, j = self.locate(i)
-        reader = self.readers[s]
-        if j >= len(reader):
-            raise CorruptRecordError(
-                reader.path,
-                reader.file_size,
-                f"manifest says {self.entries[s].records} records, index has {len(reader)}",
-            )
-        return reader.read_bytes(j)
+        return self.reader(s).read_bytes(j)
 
     @overload
     def __getitem__(self, i: int) -> Record: ...
@@ -108,10 +119,7 @@ class Split(Sequence[Record]):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(self._len))]
         s, j = self.locate(i)
-        reader = self.readers[s]
-        if j >= len(reader):
-            self.read_bytes(i)  # raises the mismatch error
-        return reader[j]
+        return self.reader(s)[j]
 
     def iter_bytes(self, shard_id: int = 0, num_shards: int = 1) -> Iterator[bytes]:
         """Sequentially iterate over the raw records of one partition of the split.
@@ -123,16 +131,27 @@ class Split(Sequence[Record]):
         Yields:
             The data of each record of ``partition(len(self), shard_id, num_shards)``, in order.
         """
-        for _path, _offset, data in self._iter_located(shard_id, num_shards):
+        for _path, _offset, data in self.iter_located(shard_id, num_shards):
             yield data
 
-    def _iter_located(self, shard_id: int, num_shards: int) -> Iterator[tuple[Path, int, bytes]]:
+    def iter_located(
+        self, shard_id: int = 0, num_shards: int = 1
+    ) -> Iterator[tuple[Path, int, bytes]]:
+        """Like :meth:`iter_bytes`, with each record's shard file and byte offset.
+
+        Yields:
+            ``(shard path, offset, data)`` per record, in order.
+
+        Raises:
+            CorruptRecordError: A damaged record, or a shard whose index or data disagrees
+                with the manifest's record count.
+        """
         wanted = partition(self._len, shard_id, num_shards)
         if not wanted:
             return
         first, last = self.locate(wanted.start), self.locate(wanted.stop - 1)
         for s in range(first[0], last[0] + 1):
-            reader = self.readers[s]
+            reader = self.reader(s)
             lo = first[1] if s == first[0] else 0
             hi = last[1] + 1 if s == last[0] else self.entries[s].records
             yield from self._iter_shard(reader, lo, hi)
@@ -149,15 +168,15 @@ class Split(Sequence[Record]):
                 f"expected {hi} records, index has {len(entries)}",
             )
         path = str(reader.path)
-        with open(reader.path, "rb", buffering=1 << 20) as f:
-            size = os.fstat(f.fileno()).st_size
+        with os.fdopen(open_regular(reader.path, what="shard"), "rb", buffering=1 << 20) as f:
+            file_size = os.fstat(f.fileno()).st_size
             f.seek(entries[lo][0])
-            it = framing.scan(f, path=path, verify_crc=reader.verify_crc, file_size=size)
+            it = framing.scan(f, path=path, verify_crc=reader.verify_crc, file_size=file_size)
             k = lo
-            for offset, size, data in it:
+            for offset, framed, data in it:
                 if k == hi:
                     break
-                if (offset, size) != entries[k]:
+                if (offset, framed) != entries[k]:
                     raise CorruptRecordError(
                         path, offset, f"record {k} disagrees with the index {entries[k]}"
                     )
@@ -165,12 +184,12 @@ class Split(Sequence[Record]):
                 k += 1
             if k != hi:
                 raise CorruptRecordError(
-                    path, size, f"file ends after {k} records, index lists {len(entries)}"
+                    path, file_size, f"file ends after {k} records, index lists {len(entries)}"
                 )
 
     def iter(self, shard_id: int = 0, num_shards: int = 1) -> Iterator[Record]:
         """Sequentially iterate over the decoded records of one partition (see iter_bytes)."""
-        for path, offset, data in self._iter_located(shard_id, num_shards):
+        for path, offset, data in self.iter_located(shard_id, num_shards):
             try:
                 yield decode_example(data)
             except PayloadError as exc:

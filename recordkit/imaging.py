@@ -105,7 +105,14 @@ from PIL import Image, UnidentifiedImageError
 from recordkit.errors import RecordkitError
 from recordkit.imageinfo import NotAnImage, image_info
 
-__all__ = ["EncodedImage", "ImageError", "ImageOptions", "probe", "process_image"]
+__all__ = [
+    "EncodedImage",
+    "ImageError",
+    "ImageOptions",
+    "probe",
+    "process_image",
+    "validate_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +278,32 @@ def probe(data: bytes) -> tuple[str, int, int]:
     img = _open(data, max_pixels=None)
     with img:
         return (img.format or "unknown").lower(), img.size[0], img.size[1]
+
+
+def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """Decode an image fully to prove it intact, as :func:`process_image` checks kept bytes.
+
+    JPEGs are decoded at 1/8 scale (every entropy-coded byte is still read); PNG chunk CRCs
+    are checked, IDAT's included.
+
+    Args:
+        data: Image file bytes.
+        max_pixels: Refuse images with more pixels than this, from the header.
+
+    Returns:
+        ``(format, width, height)``: format lower-case as Pillow names it, the stored size.
+
+    Raises:
+        ImageError: Empty, not an image, truncated or corrupt, or too many pixels.
+    """
+    img = _open(data, max_pixels)
+    with img:
+        fmt = (img.format or "unknown").lower()
+        size = img.size
+        if fmt == "png":
+            _check_png_chunks(data)
+        _validate(img)
+    return fmt, size[0], size[1]
 
 
 def process_image(data: bytes, opts: ImageOptions) -> EncodedImage:
@@ -639,18 +672,21 @@ def _fast_jpeg(
         y0, ch = _scaled(y0, ch, scale, arr.shape[0])
     if (x0, y0, cw, ch) != (0, 0, arr.shape[1], arr.shape[0]):
         arr = arr[y0 : y0 + ch, x0 : x0 + cw]
-    if (fw, fh) != (cw, ch):
-        arr = _resize(arr, fw, fh, opts.resample)
-    ok, buf = cv2.imencode(
-        ".jpg",
-        arr,
-        [
-            cv2.IMWRITE_JPEG_QUALITY, opts.quality,
-            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
-            cv2.IMWRITE_JPEG_OPTIMIZE, 0,
-            cv2.IMWRITE_JPEG_PROGRESSIVE, 0,
-        ],
-    )  # fmt: skip
+    try:
+        if (fw, fh) != (cw, ch):
+            arr = _resize(arr, fw, fh, opts.resample)
+        ok, buf = cv2.imencode(
+            ".jpg",
+            arr,
+            [
+                cv2.IMWRITE_JPEG_QUALITY, opts.quality,
+                cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+                cv2.IMWRITE_JPEG_OPTIMIZE, 0,
+                cv2.IMWRITE_JPEG_PROGRESSIVE, 0,
+            ],
+        )  # fmt: skip
+    except cv2.error:
+        return None  # Pillow's path decodes it again and names the problem
     if not ok:  # pragma: no cover - libjpeg does not fail on a valid array
         return None
     return EncodedImage(
@@ -668,18 +704,27 @@ def _fast_jpeg(
 # --------------------------------------------------------------------------------------------
 
 
+_JPEG_MAX_SIDE = 65535
+
+
 def _encode(arr: np.ndarray, opts: ImageOptions) -> bytes:
+    h, w = arr.shape[:2]
+    if opts.encoding == ".jpg" and max(h, w) > _JPEG_MAX_SIDE:
+        raise ImageError(f"cannot encode a {w}x{h} image as JPEG (at most {_JPEG_MAX_SIDE} a side)")
     img = Image.fromarray(arr)
     buf = io.BytesIO()
-    if opts.encoding == ".jpg":
-        img.save(
-            buf,
-            "JPEG",
-            quality=opts.quality,
-            subsampling=2,  # 4:2:0 (ignored for grayscale)
-            optimize=False,
-            progressive=False,
-        )
-    else:
-        img.save(buf, "PNG", compress_level=min(opts.quality, 9), optimize=False)
+    try:
+        if opts.encoding == ".jpg":
+            img.save(
+                buf,
+                "JPEG",
+                quality=opts.quality,
+                subsampling=2,  # 4:2:0 (ignored for grayscale)
+                optimize=False,
+                progressive=False,
+            )
+        else:
+            img.save(buf, "PNG", compress_level=min(opts.quality, 9), optimize=False)
+    except (OSError, ValueError) as e:  # Pillow's encoder refusing the image
+        raise ImageError(f"cannot encode image: {_one_line(e)}") from None
     return buf.getvalue()

@@ -38,9 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recordkit.errors import RecordkitError
+from recordkit.safeio import InputFileError, read_regular
 
 __all__ = [
     "DEFAULT_EXTS",
+    "text_path",
     "ListEntry",
     "ListError",
     "ListResult",
@@ -57,6 +59,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXTS: tuple[str, ...] = (".jpeg", ".jpg", ".png")
 """im2rec's default ``--exts``."""
+
+MAX_LIST_BYTES = 1 << 34
+"""The largest ``.lst`` file read (16 GiB, some 300 million lines)."""
 
 _SHUFFLE_SEED = 100  # im2rec: random.seed(100)
 _FORBIDDEN_PATH_CHARS = ("\t", "\n", "\r")
@@ -114,6 +119,12 @@ class ListResult:
     classes: list[str]
     counts: dict[str, int]
     num_images: int
+
+
+def text_path(path: str) -> str:
+    """``path`` as valid Unicode text for JSON and messages: bytes that are not UTF-8 (kept as
+    surrogates by ``surrogateescape``) are written ``\\xff``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,15 +357,19 @@ def _parse_line(line: str) -> ListEntry:
     try:
         index = int(fields[0])
     except ValueError:
-        raise ValueError(f"index {fields[0]!r} is not an integer") from None
+        raise ValueError(f"index {fields[0][:40]!r} is not an integer") from None
+    if not -(2**63) <= index < 2**63:
+        raise ValueError("index does not fit in 64 bits (image/index is an int64)")
     labels: list[float] = []
     for field in fields[1:-1]:
         try:
             labels.append(float(field))
         except ValueError:
-            raise ValueError(f"label {field!r} is not a number") from None
+            raise ValueError(f"label {field[:40]!r} is not a number") from None
     if not fields[-1]:
         raise ValueError("empty path")
+    if "\x00" in fields[-1]:
+        raise ValueError("the path contains a NUL byte, which no file name can")
     return ListEntry(index, tuple(labels), fields[-1])
 
 
@@ -373,14 +388,17 @@ def read_list(path: str | os.PathLike[str]) -> list[ListEntry]:
         The entries in file order.
 
     Raises:
-        ListError: If the file cannot be read, or a line is malformed (the message names the
-            file and the 1-based line number).
+        ListError: If the file cannot be read or is not a regular file, or a line is malformed
+            (the message names the file and the 1-based line number): too few fields, an index
+            that is not an integer or does not fit in 64 bits, a label that is not a number, an
+            empty path or one with a NUL byte.
     """
     path_s = os.fsdecode(path)
     try:
-        with open(path_s, "rb") as f:
-            data = f.read()
-    except OSError as err:
+        data = read_regular(path_s, limit=MAX_LIST_BYTES, what=".lst file")
+    except InputFileError as err:
+        raise ListError(f"cannot read {err}") from None
+    except OSError as err:  # a read error after the open
         raise ListError(f"cannot read {path_s}: {err.strerror or err}") from err
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]

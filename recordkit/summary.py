@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.dataset import Dataset, open_dataset
-from recordkit.format.example import decode_example
+from recordkit.errors import CorruptRecordError
+from recordkit.format.example import PayloadError, decode_example
 
 __all__ = ["inspect_dataset", "format_summary"]
 
@@ -55,6 +56,11 @@ def inspect_dataset(
         ``bytes``, ``scanned``, ``class_histogram`` (class name → count, over all labels),
         ``width`` / ``height`` / ``record_bytes`` (min / max / mean), ``formats`` and
         ``channels`` (value → count), ``multi_label`` (records with more than one label).
+
+    Raises:
+        ManifestError: No readable manifest.
+        CorruptRecordError: A damaged record, or one that is not an image ``Example`` (the
+            message names the shard and the record's offset).
     """
     ds = path if isinstance(path, Dataset) else open_dataset(path)
     m = ds.manifest
@@ -74,10 +80,13 @@ def inspect_dataset(
         channels: Counter[int] = Counter()
         width, height, size = _Stats(), _Stats(), _Stats()
         multi = scanned = 0
-        for data in split.iter_bytes():
+        for shard, offset, data in split.iter_located():
             if max_records is not None and scanned >= max_records:
                 break
-            rec = decode_example(data)
+            try:
+                rec = decode_example(data)
+            except PayloadError as exc:
+                raise CorruptRecordError(shard, offset, str(exc)) from None
             scanned += 1
             hist.update(rec.labels)
             multi += len(rec.labels) > 1

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recordkit.errors import CorruptRecordError, RecordkitError
+from recordkit.errors import CorruptRecordError, IndexMismatchError, RecordkitError
 from recordkit.format import framing
-from recordkit.format.example import PayloadError, decode_example
+from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.format.index import compare_index, index_path_for, parse_index
-from recordkit.format.manifest import MANIFEST_NAME, read_manifest
+from recordkit.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, read_manifest
+from recordkit.memory import MemoryBudget, decode_cost
+from recordkit.safeio import InputFileError, open_regular
 
 __all__ = ["Problem", "VerifyReport", "verify", "verify_shard"]
 
@@ -59,17 +62,24 @@ def verify_shard(
     index_path: str | os.PathLike[str] | None = None,
     require_index: bool = False,
     decode: bool = True,
+    images: bool = False,
     num_classes: int | None = None,
+    max_labels: int | None = None,
+    budget: MemoryBudget | None = None,
     progress: Progress | None = None,
 ) -> tuple[VerifyReport, str]:
     """Verify one TFRecord file and its index.
 
     Args:
-        path: The TFRecord file.
+        path: The TFRecord file; it must be a regular file.
         index_path: Its index (default: same stem, ``.idx``).
         require_index: Report a missing index as a problem (else it is skipped).
         decode: Check that every record parses as an image ``Example`` with a label.
-        num_classes: When given, labels must lie in ``[0, num_classes)``.
+        images: Also decode every image fully (see :func:`verify`).
+        num_classes: When given, labels must lie in ``[0, num_classes)``, and no record may
+            carry more labels than there are classes.
+        max_labels: When given, no record may carry more labels (1 for a single-label split).
+        budget: Memory for image decoding (``images``); default: :meth:`MemoryBudget.probe`.
         progress: Called with the number of bytes processed since the last call.
 
     Returns:
@@ -80,10 +90,13 @@ def verify_shard(
     sha = hashlib.sha256()
     spath = str(path)
     scanned: list[tuple[int, int]] = []
+    if images and budget is None:
+        budget = MemoryBudget.probe()
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except OSError as exc:
-        rep.problems.append(Problem(spath, None, f"cannot open: {exc.strerror or exc}"))
+        f = os.fdopen(open_regular(path, what="shard"), "rb", buffering=0)
+    except InputFileError as exc:
+        reason = exc.reason if exc.errno is None else f"cannot open: {exc.reason}"
+        rep.problems.append(Problem(spath, None, reason))
         return rep, ""
     with f:
         size = os.fstat(f.fileno()).st_size
@@ -92,22 +105,21 @@ def verify_shard(
         try:
             for offset, framed, data in framing.scan(reader, path=spath, file_size=size):
                 scanned.append((offset, framed))
-                if decode:
-                    try:
-                        rec = decode_example(data)
-                    except PayloadError as exc:
-                        rep.problems.append(Problem(spath, offset, str(exc)))
-                        continue
-                    if num_classes is not None:
-                        bad = [x for x in rec.labels if not 0 <= x < num_classes]
-                        if bad:
-                            rep.problems.append(
-                                Problem(
-                                    spath,
-                                    offset,
-                                    f"label {bad[0]} outside [0, {num_classes}) classes",
-                                )
-                            )
+                if not decode:
+                    continue
+                try:
+                    rec = decode_example(data)
+                except PayloadError as exc:
+                    rep.problems.append(Problem(spath, offset, str(exc)))
+                    continue
+                wrong = _label_problem(rec.labels, num_classes, max_labels)
+                if wrong is None and images:
+                    assert budget is not None
+                    wrong, warning = _image_problem(rec, budget)
+                    if warning is not None:
+                        rep.warnings.append(f"{spath}: offset {offset}: {warning}")
+                if wrong is not None:
+                    rep.problems.append(Problem(spath, offset, wrong))
         except CorruptRecordError as exc:
             rep.problems.append(Problem(spath, exc.offset, exc.reason))
         reader.drain()
@@ -119,12 +131,63 @@ def verify_shard(
         if require_index:
             rep.problems.append(Problem(str(idx), None, "index file is missing"))
         return rep, sha.hexdigest()
-    lines = parse_index(idx)
+    try:
+        lines = parse_index(idx, data_size=rep.bytes)
+    except IndexMismatchError as exc:  # larger than any index of this file
+        rep.problems.append(Problem(str(idx), exc.offset, exc.reason))
+        return rep, sha.hexdigest()
+    except InputFileError as exc:
+        reason = exc.reason if exc.errno is None else f"cannot open: {exc.reason}"
+        rep.problems.append(Problem(str(idx), None, reason))
+        return rep, sha.hexdigest()
+    except OSError as exc:
+        rep.problems.append(Problem(str(idx), None, f"cannot read: {exc.strerror or exc}"))
+        return rep, sha.hexdigest()
     found = compare_index(lines, scanned, rep.bytes)
     if found is not None and (rep.ok or found[0] < scan_end):
         # after a damaged record the scan stopped: only lines before it can be judged
         rep.problems.append(Problem(str(idx), found[0], found[1]))
     return rep, sha.hexdigest()
+
+
+def _label_problem(
+    labels: tuple[int, ...], num_classes: int | None, max_labels: int | None
+) -> str | None:
+    if num_classes is not None:
+        bad = [x for x in labels if not 0 <= x < num_classes]
+        if bad:
+            return f"label {bad[0]} outside [0, {num_classes}) classes"
+    if max_labels is not None and len(labels) > max_labels:
+        kind = "a single-label split" if max_labels == 1 else f"at most {max_labels} per record"
+        return f"{len(labels)} labels in {kind}"
+    if num_classes is not None and len(labels) > num_classes:
+        return f"{len(labels)} labels, more than the {num_classes} classes"
+    return None
+
+
+def _image_problem(rec: Record, budget: MemoryBudget) -> tuple[str | None, str | None]:
+    """``(problem, warning)`` for a record's image bytes, decoded in full."""
+    from recordkit.imaging import ImageError, probe, validate_image
+
+    try:
+        fmt, width, height = probe(rec.image)
+        refusal = budget.refusal(
+            decode_cost(width, height, len(rec.image)), f"a {width}x{height} image"
+        )
+        if refusal is not None:
+            return None, f"not decoded: {refusal}"
+        with budget.hold(decode_cost(width, height, len(rec.image))):
+            fmt, width, height = validate_image(rec.image)
+    except ImageError as exc:
+        return f"image does not decode: {exc.reason}", None
+    if fmt != rec.format:
+        return f"image/format says {rec.format!r}, the image is {fmt!r}", None
+    if (rec.width, rec.height) != (0, 0) and (rec.width, rec.height) != (width, height):
+        return (
+            f"image/width x height say {rec.width}x{rec.height}, the image is {width}x{height}",
+            None,
+        )
+    return None, None
 
 
 class _HashingReader:
@@ -174,18 +237,24 @@ def verify(
     path: str | os.PathLike[str],
     *,
     decode: bool = True,
+    images: bool = False,
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Verify a shard directory (through its manifest) or a single TFRecord file.
 
     For a directory: the manifest parses; every shard it lists exists with the recorded size,
     record count and SHA-256; every record's CRCs pass and it decodes as an image ``Example``
-    with labels inside the class list; every ``.idx`` line matches the record at that offset.
-    Leftover temporary files are reported as warnings.
+    whose labels are inside the class list (as many as the split allows: one when it was
+    packed without ``pack_label``); every ``.idx`` line matches the record at that offset;
+    and no shard of the directory is missing from the manifest. Leftover temporary files are
+    reported as warnings.
 
     Args:
         path: A shard directory or a ``.tfrecord`` file.
         decode: Also parse each record's ``Example``.
+        images: Also decode each image in full (slow: as fast as decoding for training) and
+            check that it is the format and size its features say. An image too large for the
+            memory this process may use is left undecoded with a warning.
         progress: Called with the number of bytes processed since the last call.
 
     Returns:
@@ -196,14 +265,18 @@ def verify(
         RecordkitError: ``path`` does not exist.
     """
     p = Path(path)
+    budget = MemoryBudget.probe() if images else None
     if p.is_file():
-        rep, _ = verify_shard(p, decode=decode, progress=progress)
+        rep, _ = verify_shard(p, decode=decode, images=images, budget=budget, progress=progress)
         return rep
     if not p.exists():
         raise RecordkitError(f"no such file or directory: {path}")
     manifest = read_manifest(p)
     total = VerifyReport()
     for split_name, split in manifest.splits.items():
+        max_labels = _max_labels(manifest, split_name)
+        before = len(total.problems)
+        held = {"records": 0, "bytes": 0}
         for entry in split.shards:
             shard = p / entry.file
             if not shard.exists():
@@ -217,27 +290,87 @@ def verify(
                 index_path=p / entry.index,
                 require_index=True,
                 decode=decode,
-                num_classes=len(manifest.classes) if manifest.classes else None,
+                images=images,
+                num_classes=len(manifest.classes),
+                max_labels=max_labels,
+                budget=budget,
                 progress=progress,
             )
-            if rep.bytes != entry.bytes:
-                rep.problems.append(
-                    Problem(str(shard), None, f"size {rep.bytes}, manifest says {entry.bytes}")
-                )
-            if rep.ok and rep.records != entry.records:
-                rep.problems.append(
-                    Problem(
-                        str(shard), None, f"{rep.records} records, manifest says {entry.records}"
-                    )
-                )
-            if digest and digest != entry.sha256:
-                rep.problems.append(Problem(str(shard), None, "SHA-256 differs from the manifest"))
+            if digest:  # else it could not be opened, and the reason is the problem
+                _compare_with_manifest(rep, digest, entry, str(shard))
             total.files += rep.files
             total.records += rep.records
             total.bytes += rep.bytes
             total.problems.extend(rep.problems)
+            total.warnings.extend(rep.warnings)
+            held["records"] += rep.records
+            held["bytes"] += rep.bytes
+        if len(total.problems) == before:  # every shard as listed: the split's totals must match
+            for key, stated in (("records", split.stated_records), ("bytes", split.stated_bytes)):
+                if stated is not None and stated != held[key]:
+                    total.problems.append(
+                        Problem(
+                            str(p / MANIFEST_NAME),
+                            None,
+                            f"split {split_name!r} says {key} {stated}, "
+                            f"its shards hold {held[key]}",
+                        )
+                    )
+    _unlisted(p, manifest, total)
     for leftover in sorted(p.glob("*.tmp")):
         total.warnings.append(f"{leftover}: leftover temporary file (an interrupted pack?)")
     if not manifest.splits:
         total.warnings.append(f"{p / MANIFEST_NAME}: lists no splits")
     return total
+
+
+def _compare_with_manifest(rep: VerifyReport, digest: str, entry: ShardEntry, shard: str) -> None:
+    if rep.bytes != entry.bytes:
+        rep.problems.append(Problem(shard, None, f"size {rep.bytes}, manifest says {entry.bytes}"))
+    if rep.ok and rep.records != entry.records:
+        rep.problems.append(
+            Problem(shard, None, f"{rep.records} records, manifest says {entry.records}")
+        )
+    if digest != entry.sha256:
+        rep.problems.append(Problem(shard, None, "SHA-256 differs from the manifest"))
+
+
+_SHARD_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*-[0-9]{5,}-of-[0-9]{5,}\.(tfrecord|idx)")
+
+
+def _unlisted(root: Path, manifest: Manifest, report: VerifyReport) -> None:
+    """Shard files in ``root`` that the manifest does not list: problems (shard names) or
+    warnings (other ``.tfrecord`` files)."""
+    listed = {n for s in manifest.splits.values() for e in s.shards for n in (e.file, e.index)}
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        report.warnings.append(f"{root}: cannot list the directory: {exc.strerror or exc}")
+        return
+    for name in names:
+        if name in listed:
+            continue
+        if _SHARD_FILE.fullmatch(name):
+            report.problems.append(
+                Problem(str(root / name), None, "not listed in the manifest (dropped from it?)")
+            )
+        elif name.endswith(".tfrecord"):
+            report.warnings.append(f"{root / name}: a TFRecord file the manifest does not list")
+
+
+def _max_labels(manifest: Manifest, split: str) -> int | None:
+    """How many labels a record of ``split`` may carry, from the pack parameters (None: any).
+
+    ``max_labels`` when recorded (convert-rec), else 1 for a split packed without
+    ``pack_label``.
+    """
+    params = manifest.pack.get("splits")
+    params = params.get(split) if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        return None
+    value = params.get("max_labels")
+    if type(value) is int and value >= 1:
+        return value
+    if params.get("pack_label") is False:
+        return 1
+    return None

@@ -24,10 +24,39 @@ from recordkit_train.models import ARCHS
 from recordkit_train.optim import SCHEDULES, scaled_lr
 from recordkit_train.precision import PRECISIONS, resolve_precision
 
-__all__ = ["BASE_LR", "ConfigError", "TrainConfig"]
+__all__ = ["BASE_LR", "MAX_IMAGE_SIZE", "ConfigError", "TrainConfig"]
 
 BASE_LR = 0.256
 """Learning rate for a global batch of 256 images (scaled linearly with the batch)."""
+
+MAX_IMAGE_SIZE = 16384
+"""The largest ``image_size`` a checkpoint may carry (a 16384-pixel crop is 800 MB)."""
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "tuple[int, ...]": (list, tuple),
+}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a checkpoint's config value has the type of the field annotated ``annotation``
+    (``"int | None"`` etc., as ``from __future__ import annotations`` leaves them)."""
+    for part in str(annotation).split(" | "):
+        if part == "None" and value is None:
+            return True
+        kinds = _TYPES.get(part)
+        if kinds is None:
+            return True  # a type this check does not know: from_dict / __post_init__ judge
+        if isinstance(value, bool) and bool not in kinds:
+            continue
+        if isinstance(value, kinds):
+            if part == "tuple[int, ...]":
+                return all(type(v) is int for v in value)
+            return not (isinstance(value, float) and value != value)  # NaN
+    return False
 
 
 class ConfigError(RecordkitError):
@@ -206,6 +235,49 @@ class TrainConfig:
         if "lr_step_epochs" in kept:
             kept["lr_step_epochs"] = tuple(kept["lr_step_epochs"])
         return cls(**kept)
+
+    @classmethod
+    def from_checkpoint(
+        cls, state: dict[str, Any], source: str | Path, **overrides: Any
+    ) -> TrainConfig:
+        """Rebuild the configuration a checkpoint was trained with, as untrusted input.
+
+        Args:
+            state: The loaded checkpoint (see :func:`recordkit_train.checkpoint.load_checkpoint`).
+            source: The checkpoint file, for messages.
+            **overrides: Values that replace the checkpoint's (``data``, ``resume``).
+
+        Returns:
+            The configuration.
+
+        Raises:
+            ConfigError: ``config`` is missing or not a dict of plain values, a value has the
+                wrong type or is out of range (an ``image_size`` above
+                :data:`MAX_IMAGE_SIZE` included).
+        """
+        values = state.get("config")
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{source} is not a recordkit-train checkpoint "
+                f"(its config is a {type(values).__name__}, not a dict)"
+            )
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            field_ = names.get(key) if isinstance(key, str) else None
+            if field_ is not None and key not in overrides and not _fits(value, field_.type):
+                shown = repr(value)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise ConfigError(f"{source}: config {key} = {shown} is not a {field_.type}")
+        try:
+            cfg = cls.from_dict({**values, **overrides})
+        except (TypeError, ValueError, OverflowError) as exc:
+            first = " ".join(str(exc).split())[:200]
+            raise ConfigError(f"{source} has an unusable config: {first}") from None
+        if cfg.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"{source}: config image_size {cfg.image_size} is above {MAX_IMAGE_SIZE}"
+            )
+        return cfg
 
     def write_json(self, directory: str | Path) -> Path:
         """Write ``config.json`` into ``directory`` (created if missing).

@@ -774,7 +774,7 @@ def evaluate_checkpoint(
         state = load_checkpoint(checkpoint, map_location="cpu")
         if "model" not in state or "config" not in state:
             raise ConfigError(f"{checkpoint} is not a recordkit-train checkpoint")
-        cfg = TrainConfig.from_dict({**state["config"], "data": str(data), "resume": None})
+        cfg = TrainConfig.from_checkpoint(state, checkpoint, data=str(data), resume=None)
         ds = recordkit.open(str(data))
         if split not in ds:
             raise ConfigError(f"{data} has no split {split!r} (splits: {', '.join(ds)})")

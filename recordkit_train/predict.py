@@ -93,22 +93,29 @@ def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
     state = load_checkpoint(checkpoint, map_location="cpu")
     if "model" not in state or "config" not in state:
         raise ConfigError(f"{checkpoint} is not a recordkit-train checkpoint (no model/config)")
-    cfg = TrainConfig.from_dict({**state["config"], "data": str(checkpoint), "resume": None})
+    cfg = TrainConfig.from_checkpoint(state, checkpoint, data=str(checkpoint), resume=None)
     weights = state["model"]
     fc = weights.get("fc.weight") if isinstance(weights, dict) else None
-    if fc is None:
-        raise ConfigError(f"{checkpoint} holds no classifier weights (fc.weight)")
+    if not isinstance(fc, torch.Tensor) or fc.dim() != 2 or fc.shape[0] < 1:
+        raise ConfigError(f"{checkpoint} holds no classifier weights (a 2-d fc.weight)")
     num_classes = int(fc.shape[0])
-    classes = [str(c) for c in state.get("classes") or []]
+    names = state.get("classes")
+    names = [] if names is None else names
+    if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
+        raise ConfigError(f"{checkpoint}: classes is not a list of class names")
+    classes = list(names)
     if classes and len(classes) != num_classes:
         raise ConfigError(
             f"{checkpoint} lists {len(classes)} class names for a {num_classes}-way classifier"
         )
+    epoch = state.get("epoch", 0)
+    if type(epoch) is not int:
+        raise ConfigError(f"{checkpoint}: epoch is a {type(epoch).__name__}, not an int")
     model = build_model(cfg.arch, num_classes)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(f"{checkpoint} does not fit a {cfg.arch}: {first}") from None
     model.eval()
     return TrainedModel(
@@ -116,7 +123,7 @@ def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
         arch=cfg.arch,
         classes=classes or [str(i) for i in range(num_classes)],
         image_size=cfg.image_size,
-        epoch=int(state.get("epoch", 0)),
+        epoch=epoch,
     )
 
 

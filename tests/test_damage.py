@@ -532,15 +532,26 @@ def test_manifest_lists_a_missing_shard(shard):
     assert [(p.path, "missing" in p.message) for p in rep.problems] == [(str(shard), True)]
 
 
-def test_manifest_count_too_high_is_an_error_on_read(shard):
-    _edit_manifest(shard.parent, lambda d: d["splits"]["train"]["shards"][0].update(records=N + 1))
+@pytest.mark.parametrize("count", [N + 1, N - 1])
+def test_manifest_count_that_disagrees_is_an_error_on_every_read(shard, count):
+    """A shard whose manifest count is wrong is never read: not past its end (too high), and
+    not short of it (too low: the last records would silently be left out)."""
+    _edit_manifest(
+        shard.parent,
+        lambda d: (
+            d["splits"]["train"].update(records=count)
+            or d["splits"]["train"]["shards"][0].update(records=count)
+        ),
+    )
     split = recordkit.open(shard.parent)["train"]
-    assert len(split) == N + 1
-    assert split[N - 1] == make_record(N - 1)
-    with pytest.raises(CorruptRecordError, match="index has 5"):
-        split[N]
-    with pytest.raises(CorruptRecordError):
-        list(split)
+    assert len(split) == count
+    where = offsets(shard)[count] if count < N else shard.stat().st_size
+    for read in (lambda: split[0], lambda: split.read_bytes(count - 1), lambda: list(split)):
+        with pytest.raises(CorruptRecordError, match=f"manifest says {count} records, index has 5"):
+            read()
+    with pytest.raises(CorruptRecordError) as ei:
+        list(split.iter(0, 2))
+    assert (ei.value.path, ei.value.offset) == (str(shard), where)
 
 
 # --------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_window_bounds_work_in_flight(monkeypatch):
     lock = threading.Lock()
     state = {"submitted": 0, "consumed": 0, "max_ahead": 0}
 
-    def fake(path: str, image: ImageOptions):
+    def fake(path: str, image: ImageOptions, *budget: object):
         time.sleep(0.001 * (int(path) % 3))
         return None, path, 0
 

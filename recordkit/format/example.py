@@ -179,10 +179,11 @@ def encode_example(record: Record) -> bytes:
     f[KEY_WIDTH].int64_list.value.append(record.width)
     f[KEY_CHANNELS].int64_list.value.append(record.channels)
     f[KEY_LABEL].int64_list.value.extend(record.labels)
-    f[KEY_FILENAME].bytes_list.value.append(record.filename.encode())
+    # a file name that is not UTF-8 (read from a .lst with surrogateescape) keeps its bytes
+    f[KEY_FILENAME].bytes_list.value.append(record.filename.encode("utf-8", "surrogateescape"))
     f[KEY_INDEX].int64_list.value.append(record.index)
     if record.text is not None:
-        f[KEY_TEXT].bytes_list.value.append(record.text.encode())
+        f[KEY_TEXT].bytes_list.value.append(record.text.encode("utf-8", "surrogateescape"))
     return ex.SerializeToString(deterministic=True)
 
 

@@ -13,9 +13,12 @@ from pathlib import Path
 from recordkit.errors import IndexMismatchError
 from recordkit.format import framing
 from recordkit.format.atomic import atomic_write_text
+from recordkit.safeio import InputTooLargeError, open_regular, read_regular
 
 __all__ = [
+    "MAX_INDEX_BYTES",
     "index_path_for",
+    "max_index_bytes",
     "parse_index",
     "compare_index",
     "read_index",
@@ -25,26 +28,72 @@ __all__ = [
 ]
 
 
+MAX_INDEX_BYTES = 1 << 30
+"""The largest index read when the size of its data file is not known."""
+
+
 def index_path_for(path: str | os.PathLike[str]) -> Path:
     """Return the ``.idx`` path that belongs to a TFRecord file (same stem)."""
     p = Path(path)
     return p.with_suffix(".idx") if p.suffix else p.with_name(p.name + ".idx")
 
 
-def parse_index(path: str | os.PathLike[str]) -> list[tuple[int, int] | None]:
-    """Parse an index file leniently: one entry per non-blank line, ``None`` where malformed."""
+def max_index_bytes(data_size: int) -> int:
+    """The largest index a ``data_size``-byte TFRecord file can have.
+
+    Each record takes at least :data:`~recordkit.format.framing.OVERHEAD` bytes, and each line
+    is two decimal numbers no longer than ``data_size``'s, a space and a newline (a CR is
+    tolerated); 4 KiB more allow for stray blank lines.
+    """
+    width = len(str(max(data_size, 0)))
+    return (data_size // framing.OVERHEAD + 1) * (2 * width + 3) + 4096
+
+
+def _number(token: bytes) -> int:
+    # int() also takes "3_7", "+3", " 3" and non-ASCII digits; an index line holds none of them
+    if not token.isdigit() or len(token) > 20:
+        raise ValueError
+    return int(token)
+
+
+def parse_index(
+    path: str | os.PathLike[str], *, data_size: int | None = None
+) -> list[tuple[int, int] | None]:
+    """Parse an index file leniently: one entry per non-blank line, ``None`` where malformed.
+
+    A line is well formed when it holds exactly two runs of ASCII digits (``int()`` would also
+    take ``3_7``, ``+3`` or Arabic-Indic digits; DALI's ``tfrecord2idx`` writes none of those).
+
+    Args:
+        path: The ``.idx`` file; it must be a regular file.
+        data_size: Size of the data file it indexes; bounds what is read
+            (:func:`max_index_bytes`).
+
+    Raises:
+        IndexMismatchError: The index is larger than any index of a ``data_size``-byte file.
+        InputFileError: It is not a regular file (a FIFO, ``/dev/zero``, a directory).
+        OSError: It cannot be read.
+    """
+    limit = max_index_bytes(data_size) if data_size is not None else MAX_INDEX_BYTES
+    try:
+        raw = read_regular(path, limit=limit, what="index file")
+    except InputTooLargeError as exc:
+        if data_size is None:
+            raise
+        raise IndexMismatchError(
+            path, 0, f"{exc.size} bytes, too large for the index of a {data_size}-byte file"
+        ) from None
     out: list[tuple[int, int] | None] = []
-    with open(path, "rb") as f:
-        for line in f:
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) != 2:
-                    raise ValueError
-                out.append((int(parts[0]), int(parts[1])))
-            except ValueError:
-                out.append(None)
+    for line in raw.split(b"\n"):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            out.append((_number(parts[0]), _number(parts[1])))
+        except ValueError:
+            out.append(None)
     return out
 
 
@@ -112,10 +161,12 @@ def read_index(
         ``[(offset, framed_size), ...]`` in file order.
 
     Raises:
-        IndexMismatchError: A line is malformed or the entries do not fit the data file.
+        IndexMismatchError: A line is malformed, the entries do not fit the data file, or the
+            index is larger than any index of a ``data_size``-byte file.
         CorruptRecordError: The data file itself is damaged (found while diagnosing).
+        InputFileError: The index is not a regular file.
     """
-    lines = parse_index(path)
+    lines = parse_index(path, data_size=data_size)
     if data_size is None:
         if None in lines:
             k = lines.index(None)
@@ -152,7 +203,7 @@ def build_index(path: str | os.PathLike[str], *, verify_crc: bool = True) -> lis
         CorruptRecordError: The file is damaged; names the offset of the bad record.
     """
     path = os.fspath(path)
-    with open(path, "rb", buffering=1 << 20) as f:
+    with os.fdopen(open_regular(path, what="TFRecord file"), "rb", buffering=1 << 20) as f:
         return [(off, size) for off, size, _ in framing.scan(f, path=path, verify_crc=verify_crc)]
 
 

@@ -11,6 +11,7 @@ from recordkit.errors import CorruptRecordError
 from recordkit.format import framing
 from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.format.index import build_index, index_path_for, read_index
+from recordkit.safeio import open_regular
 
 __all__ = ["ShardReader"]
 
@@ -49,7 +50,8 @@ class ShardReader:
     def _ensure_open(self) -> int:
         pid = os.getpid()
         if self._fd is None or self._pid != pid:
-            self._fd = os.open(self.path, os.O_RDONLY)  # after fork: a descriptor of our own
+            # after fork: a descriptor of our own; a FIFO or device is refused, never waited on
+            self._fd = open_regular(self.path, what="shard")
             self._pid = pid
             self._size = os.fstat(self._fd).st_size
         return self._fd
@@ -139,7 +141,7 @@ class ShardReader:
             CorruptRecordError: At the first damaged record.
         """
         path = str(self.path)
-        with open(self.path, "rb", buffering=1 << 20) as f:
+        with os.fdopen(open_regular(self.path, what="shard"), "rb", buffering=1 << 20) as f:
             size = os.fstat(f.fileno()).st_size
             for offset, _, data in framing.scan(
                 f, path=path, verify_crc=self.verify_crc, file_size=size

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from recordkit.errors import CorruptRecordError, RecordkitError
+from recordkit.safeio import InputFileError, open_regular, read_regular
 
 __all__ = [
     "IR_HEADER_SIZE",
@@ -55,6 +56,7 @@ _PART = struct.Struct("<II")
 _IR = struct.Struct("<IfQQ")
 IR_HEADER_SIZE = _IR.size  # 24
 _LENGTH_MASK = (1 << 29) - 1
+_MAX_IDX = 1 << 32  # an .idx read without its .rec's size
 _HEAD_PEEK = 256  # bytes read ahead of a record's data in a header-only scan (IRHeader + labels)
 
 
@@ -117,12 +119,15 @@ class RecRecord:
     parts: int
 
 
-def read_idx(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+def read_idx(path: str | os.PathLike[str], *, rec_size: int | None = None) -> list[tuple[int, int]]:
     """Read an MXNet ``.idx`` file.
 
     Args:
         path: The ``.idx`` file: one ``key<TAB>offset`` line per record (any whitespace
-            between the two integers is accepted; blank lines are skipped).
+            between the two integers is accepted; blank lines are skipped). It must be a
+            regular file.
+        rec_size: Size of the ``.rec`` it indexes: the ``.idx`` may hold no more than a line
+            per 8 bytes of it (each record has an 8-byte header).
 
     Returns:
         ``(key, offset)`` pairs in file order.
@@ -132,9 +137,11 @@ def read_idx(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
             message names the file and the 1-based line number).
     """
     path_s = os.fsdecode(path)
+    limit = _MAX_IDX if rec_size is None else (rec_size // _PART.size + 1) * 48 + 4096
     try:
-        with open(path_s, "rb") as f:
-            lines = f.read().split(b"\n")
+        lines = read_regular(path_s, limit=limit, what="MXNet .idx file").split(b"\n")
+    except InputFileError as exc:
+        raise RecordkitError(f"cannot read {exc}") from None
     except OSError as exc:
         raise RecordkitError(f"cannot read {path_s}: {exc.strerror or exc}") from None
     out: list[tuple[int, int]] = []
@@ -292,7 +299,7 @@ class _RecFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fsdecode(path)
-        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self.fd = open_regular(self.path, what="MXNet .rec file")
         self.size = os.fstat(self.fd).st_size
 
     def close(self) -> None:

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recordkit.classmap import class_names_from_lists, existing_manifest, merge_classes
+from recordkit.classmap import (
+    check_class_count,
+    class_names_from_lists,
+    existing_manifest,
+    merge_classes,
+)
 from recordkit.format.example import Record
 from recordkit.format.manifest import (
     MANIFEST_NAME,
@@ -42,10 +47,13 @@ from recordkit.imageinfo import NotAnImage, image_info
 from recordkit.interop.mxnet_rec import RecRecord, read_idx, read_rec, scan_rec_headers
 from recordkit.interop.options import ConvertError, ConvertOptions, ConvertResult, Progress
 from recordkit.listing import ListEntry, ListError, read_list
+from recordkit.safeio import InputFileError, read_regular
 
 __all__ = ["convert_rec", "read_class_names", "shard_name"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_CLASS_FILE = 256 << 20
 
 # Example bytes around the image: feature keys, format, sizes, label, index, filename, text.
 _RECORD_OVERHEAD = 200
@@ -71,7 +79,9 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str]:
             are not ``0..K-1`` exactly once.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = read_regular(path, limit=_MAX_CLASS_FILE, what="class-name file").decode("utf-8-sig")
+    except InputFileError as exc:
+        raise ConvertError(f"cannot read class names from {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ConvertError(f"cannot read class names from {path}: {detail}") from None
@@ -124,6 +134,8 @@ class _Scan:
     count: int = 0
     image_bytes: int = 0
     max_label: int = -1
+    max_label_at: str = ""
+    max_labels: int = 0
     parts: int = 0
 
 
@@ -152,7 +164,10 @@ def _scan(
                 )
         scan.count += 1
         scan.image_bytes += h.image_size
-        scan.max_label = max(scan.max_label, *labels)
+        if max(labels) > scan.max_label:
+            scan.max_label = max(labels)
+            scan.max_label_at = f"{rec}: offset {h.offset}: record id {h.id}"
+        scan.max_labels = max(scan.max_labels, len(labels))
         scan.parts += h.parts
     if scan.count == 0:
         raise ConvertError(f"{rec}: no records" + (" listed in the .idx" if idx else ""))
@@ -164,11 +179,12 @@ def _numbered(n: int) -> list[str]:
 
 
 def _resolve_classes(
-    max_label: int,
+    scan: _Scan,
     class_file: str | os.PathLike[str] | None,
     lst_entries: Sequence[ListEntry] | None,
 ) -> tuple[list[str], bool]:
     """Class names for labels ``0..max_label`` and whether they are real names."""
+    max_label = scan.max_label
     if class_file is not None:
         names = read_class_names(class_file)
         if max_label >= len(names):
@@ -181,6 +197,7 @@ def _resolve_classes(
             return class_names_from_lists(lst_entries, max_label), True
         except ListError as exc:
             logger.warning("class names from numbers 0..%d (%s)", max_label, exc)
+    check_class_count(max_label, scan.count, scan.max_label_at, ConvertError)
     return _numbered(max_label + 1), False
 
 
@@ -224,6 +241,7 @@ def _prepare_out(
             splits={k: v for k, v in existing.splits.items() if k != split},
             pack=dict(existing.pack),
             skipped=[s for s in existing.skipped if s.get("split") != split],
+            outside_root=[s for s in existing.outside_root if s.get("split") != split],
         )
         (others.pack.get("splits") or {}).pop(split, None)
         if others.splits:
@@ -391,14 +409,14 @@ def convert_rec(
     rec_s = os.fsdecode(rec)
     if not os.path.isfile(rec_s):
         raise ConvertError(f"no such file: {rec_s}")
-    idx_entries = read_idx(idx) if idx is not None else None
+    idx_entries = read_idx(idx, rec_size=os.path.getsize(rec_s)) if idx is not None else None
     lst_entries = None
     lst_map = None
     if lst is not None:
         lst_entries = read_list(lst)
         lst_map = {e.index: e for e in lst_entries}
     scan = _scan(rec_s, idx_entries, lst_map, os.fsdecode(lst) if lst is not None else "")
-    names, named = _resolve_classes(scan.max_label, classes, lst_entries)
+    names, named = _resolve_classes(scan, classes, lst_entries)
     if scan.parts > scan.count:
         logger.info("%s: %d record(s) in continuation parts", rec_s, scan.parts - scan.count)
 
@@ -428,6 +446,7 @@ def convert_rec(
             "shard_size": opts.shard_size,
             "shard_bytes": None if opts.shard_size else opts.shard_bytes,
             "num_shards": count,
+            "max_labels": scan.max_labels,
         }
         manifest.pack["splits"] = by_split
         manifest_path = write_manifest(manifest, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -18,8 +19,17 @@ import cv2
 from recordkit.format.example import Record
 from recordkit.format.manifest import MANIFEST_NAME, ShardEntry, write_manifest
 from recordkit.format.writer import ShardWriter
-from recordkit.imaging import EncodedImage, ImageError, ImageOptions, process_image
-from recordkit.pack.lists import entry_labels, find_lists, load_splits, resolve_classes
+from recordkit.imaging import EncodedImage, ImageError, ImageOptions, probe, process_image
+from recordkit.listing import text_path
+from recordkit.memory import MemoryBudget, decode_cost, format_bytes
+from recordkit.pack.lists import (
+    SplitList,
+    entry_labels,
+    find_lists,
+    load_splits,
+    outside_root,
+    resolve_classes,
+)
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
 from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
 from recordkit.pack.state import (
@@ -33,6 +43,7 @@ from recordkit.pack.state import (
     state_name,
     write_final_manifest,
 )
+from recordkit.safeio import InputFileError, open_regular
 
 __all__ = ["pack", "Progress"]
 
@@ -44,31 +55,61 @@ Progress = Callable[[int, int], None]
 _Outcome = tuple[EncodedImage | None, str | None, int]
 
 
-def _read_and_process(path: str, image: ImageOptions) -> _Outcome:
-    """Worker: ``(encoded, None, source bytes)`` or ``(None, reason, source bytes)``."""
+def _read_and_process(
+    path: str, image: ImageOptions, budget: MemoryBudget | None = None
+) -> _Outcome:
+    """Worker: ``(encoded, None, source bytes)`` or ``(None, reason, source bytes)``.
+
+    Only regular files are read (a ``.lst`` line naming ``/dev/zero`` or a FIFO is skipped,
+    not read without end), and an image is decoded only when its estimated cost fits the
+    memory budget; it waits while other threads' images leave too little of it.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "file not found", 0
-    except OSError as exc:
-        return None, f"cannot read: {exc.strerror or exc}", 0
+        fd = open_regular(path, what="image")
+    except InputFileError as exc:
+        if exc.errno == errno.ENOENT:
+            return None, "file not found", 0
+        return None, exc.reason if exc.errno is None else f"cannot read: {exc.reason}", 0
+    budget = budget or MemoryBudget.probe()
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        refusal = budget.refusal(size, f"a file of {size} bytes")
+        if refusal is not None:
+            return None, refusal, 0
+        try:
+            data = f.read(size + 1)  # never more than fstat said, plus one byte to see growth
+        except OSError as exc:
+            return None, f"cannot read: {exc.strerror or exc}", 0
     if not data:
         return None, "empty file (0 bytes)", 0
+    if len(data) > size:
+        return None, "the file grew while it was being read", 0
     try:
-        return process_image(data, image), None, len(data)
+        _, width, height = probe(data)
+        if width * height > image.max_pixels:
+            return process_image(data, image), None, len(data)  # refused before decoding
+        cost = decode_cost(width, height, len(data))
+        refusal = budget.refusal(cost, f"a {width}x{height} image")
+        if refusal is not None:
+            return None, refusal, len(data)
+        with budget.hold(cost):
+            return process_image(data, image), None, len(data)
     except ImageError as exc:
         return None, " ".join(str(exc).split()) or type(exc).__name__, len(data)
 
 
 def _ordered(
-    pool: ThreadPoolExecutor, paths: Iterable[str], image: ImageOptions, window: int
+    pool: ThreadPoolExecutor,
+    paths: Iterable[str],
+    image: ImageOptions,
+    window: int,
+    budget: MemoryBudget | None = None,
 ) -> Iterator[_Outcome]:
     """Results of ``_read_and_process`` in input order, with at most ``window`` in flight."""
     it = iter(paths)
     pending: deque[Future[_Outcome]] = deque()
     for path in it:
-        pending.append(pool.submit(_read_and_process, path, image))
+        pending.append(pool.submit(_read_and_process, path, image, budget))
         if len(pending) >= window:
             break
     while pending:
@@ -76,7 +117,7 @@ def _ordered(
         result = fut.result()  # a worker's exception surfaces here, with its traceback
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(pool.submit(_read_and_process, nxt, image))
+            pending.append(pool.submit(_read_and_process, nxt, image, budget))
         yield result
 
 
@@ -106,6 +147,7 @@ def _drop_split_from_manifest(out: Path, name: str) -> None:
         return
     del existing.splits[name]
     existing.skipped = [s for s in existing.skipped if s.get("split") != name]
+    existing.outside_root = [s for s in existing.outside_root if s.get("split") != name]
     (existing.pack.get("splits") or {}).pop(name, None)
     if existing.splits:
         write_manifest(existing, out)
@@ -177,13 +219,17 @@ def _write_shards(
         for t in tasks
         for j in range(t.shard.start, t.shard.stop)
     )
+    budget = MemoryBudget(opts.memory, "--memory") if opts.memory else MemoryBudget.probe()
+    logger.info(
+        "images may use %s of memory to decode (%s)", format_bytes(budget.total), budget.source
+    )
     pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="recordkit-pack")
     # Our pool is the parallelism: OpenCV's own thread pool inside cv2.resize would only
     # oversubscribe the cores (and made 1 thread look faster than it is). Restored below.
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        stream = _ordered(pool, paths, opts.image, opts.in_flight)
+        stream = _ordered(pool, paths, opts.image, opts.in_flight, budget)
         for task in tasks:
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
@@ -196,10 +242,10 @@ def _write_shards(
                     if enc is None:
                         assert reason is not None
                         if opts.strict:
-                            where = os.path.join(root, entry.path)
+                            where = text_path(os.path.join(root, entry.path))
                             raise PackError(f"{where}: {reason} (--strict)")
-                        logger.info("skipping %s: %s", entry.path, reason)
-                        skipped.append((entry.path.replace(os.sep, "/"), reason))
+                        logger.info("skipping %s: %s", text_path(entry.path), reason)
+                        skipped.append((text_path(entry.path.replace(os.sep, "/")), reason))
                     else:
                         labels = plan.labels[j]
                         writer.write(
@@ -292,9 +338,10 @@ def pack(
     extras = {
         p.name: {"lists": [f.name for f in s.files]} for p, s in zip(plans, splits, strict=True)
     }
+    outside = _outside_root(root_s, splits, opts.strict)
 
     if opts.merge:
-        return _merge(out, plans, classes, from_dirs, extras, t0)
+        return _merge(out, plans, classes, from_dirs, extras, outside, t0)
 
     tasks: list[_Task] = []
     dones: dict[str, dict[int, DoneShard]] = {}
@@ -347,10 +394,11 @@ def pack(
         skipped.extend(
             {"split": plan.name, "path": p, "reason": r} for d in mine for p, r in d.skipped
         )
+        outside[plan.name] = _not_skipped(outside[plan.name], done.values())
         finals.append((plan, done, extras[plan.name]))
     if opts.part[1] == 1:
         if finals:
-            manifest_path = write_final_manifest(out, classes, from_dirs, finals)
+            manifest_path = write_final_manifest(out, classes, from_dirs, finals, outside)
             for plan, _, _ in finals:
                 _remove(state_files(out, plan.name))
         elif (out / MANIFEST_NAME).exists():
@@ -365,7 +413,48 @@ def pack(
         bytes_in=stats.bytes_in,
         bytes_out=stats.bytes_out,
         seconds=time.perf_counter() - t0,
+        outside_root=[o for name in results for o in outside.get(name, [])],
     )
+
+
+def _outside_root(
+    root: str, splits: list[SplitList], strict: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Per split, the entries that resolve outside ROOT (im2rec packs them; so do we, naming
+    them); with ``strict`` the first is an error."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s in splits:
+        found = outside_root(root, s.entries)
+        if found and strict:
+            k, why = found[0]
+            raise PackError(
+                f"{', '.join(str(p) for p in s.files)}: {text_path(s.entries[k].path)!r} is "
+                f"outside ROOT ({why}); --strict refuses it (im2rec would pack it)"
+            )
+        if found:
+            k, why = found[0]
+            logger.warning(
+                "split %s: %d input(s) outside ROOT, packed as im2rec does (first: %s: %s)",
+                s.name,
+                len(found),
+                text_path(s.entries[k].path),
+                why,
+            )
+        out[s.name] = [
+            {
+                "split": s.name,
+                "path": text_path(s.entries[k].path.replace(os.sep, "/")),
+                "reason": f"outside ROOT: {why}",
+            }
+            for k, why in found
+        ]
+    return out
+
+
+def _not_skipped(outside: list[dict[str, Any]], done: Iterable[DoneShard]) -> list[dict[str, Any]]:
+    """The outside-ROOT entries that were packed (a skipped one is listed as skipped only)."""
+    gone = {path for d in done for path, _ in d.skipped}
+    return [o for o in outside if o["path"] not in gone]
 
 
 def _merge(
@@ -374,6 +463,7 @@ def _merge(
     classes: list[str],
     from_dirs: bool,
     extras: dict[str, dict[str, Any]],
+    outside: dict[str, list[dict[str, Any]]],
     t0: float,
 ) -> PackResult:
     finals = []
@@ -408,7 +498,12 @@ def _merge(
             for k in range(len(plan.shards))
             for p, r in done[k].skipped
         )
-    path = write_final_manifest(out, classes, from_dirs, finals) if finals else out / MANIFEST_NAME
+        outside[plan.name] = _not_skipped(outside[plan.name], done.values())
+    path = (
+        write_final_manifest(out, classes, from_dirs, finals, outside)
+        if finals
+        else out / MANIFEST_NAME
+    )
     for plan, _, _ in finals:
         _remove(state_files(out, plan.name))
     return PackResult(
@@ -421,4 +516,5 @@ def _merge(
         bytes_in=0,
         bytes_out=0,
         seconds=time.perf_counter() - t0,
+        outside_root=[o for name in results for o in outside.get(name, [])],
     )

@@ -6,15 +6,23 @@ import logging
 import math
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from recordkit.classmap import class_names_from_lists
-from recordkit.listing import ListEntry, ListError, read_list
+from recordkit.classmap import check_class_count, class_names_from_lists
+from recordkit.listing import ListEntry, ListError, read_list, text_path
 from recordkit.pack.options import PackError
 
-__all__ = ["SplitList", "find_lists", "load_splits", "resolve_classes", "entry_labels"]
+__all__ = [
+    "SplitList",
+    "entry_labels",
+    "find_lists",
+    "load_splits",
+    "outside_root",
+    "resolve_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -147,15 +155,62 @@ def resolve_classes(splits: Sequence[SplitList], pack_label: bool) -> tuple[list
     its directory, ``/``-separated). When that is impossible (flat lists, several directories
     per label, missing labels) or the labels exceed it, numbered names ``"0"``, ``"1"``, … are
     used and a warning is logged.
+
+    Raises:
+        PackError: A label is not a non-negative integer, or is so large that it would make
+            more classes than there are images (and 2**20): a damaged label.
     """
     all_entries = [e for s in splits for e in s.entries]
     max_label = -1
+    where = ""
     for s in splits:
         for e in s.entries:
             labels = entry_labels(e, pack_label, _names(s.files))
-            max_label = max(max_label, *labels)
+            if max(labels) > max_label:
+                max_label, where = max(labels), f"{_names(s.files)}: {text_path(e.path)!r}"
+    check_class_count(max_label, len(all_entries), where, PackError)
     try:
         return class_names_from_lists(all_entries, max_label), True
     except ListError as exc:
         logger.warning("class names from numbers 0..%d (%s)", max_label, exc)
         return [str(k) for k in range(max_label + 1)], False
+
+
+def outside_root(root: str, entries: Sequence[ListEntry]) -> list[tuple[int, str]]:
+    """The entries whose file lies outside ``root``, and how: ``[(position, reason), ...]``.
+
+    im2rec packs a ``.lst`` path such as ``../x.jpg``, ``/etc/x.jpg`` or a symlink to a file
+    elsewhere without a word; recordkit packs them too but names them. A path is outside when
+    it is absolute, when ``..`` leads out of ``root``, or when its real location (symlinks
+    resolved) is not under ``root``'s. Costs one ``lstat`` per entry and one ``realpath`` per
+    directory.
+    """
+    real_root = os.path.realpath(root)
+    inside = real_root.rstrip(os.sep) + os.sep
+    real_dirs: dict[str, str] = {}
+    found: list[tuple[int, str]] = []
+    for k, entry in enumerate(entries):
+        path = entry.path
+        if os.path.isabs(path):
+            found.append((k, "an absolute path"))
+            continue
+        norm = os.path.normpath(path)
+        if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+            found.append((k, "'..' leads out of ROOT"))
+            continue
+        full = os.path.join(root, path)
+        parent = os.path.dirname(full)
+        real_parent = real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = real_dirs[parent] = os.path.realpath(parent)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(full).st_mode)
+        except (OSError, ValueError):
+            continue  # missing or unreadable: the packer skips it with its own reason
+        real = (
+            os.path.realpath(full) if is_link else os.path.join(real_parent, os.path.basename(full))
+        )
+        if not (real + os.sep).startswith(inside):
+            how = "a symlink" if is_link else "a symlinked directory"
+            found.append((k, f"{how} leads out of ROOT"))
+    return found

@@ -57,7 +57,13 @@ class PackOptions:
         part: ``(k, n)``: pack only the shards ``i`` with ``i % n == k`` (one of ``n``
             machines); the manifest is written by a later ``merge``.
         merge: Write the manifest from the shards of all parts; packs nothing.
-        strict: Make the first bad input fatal instead of skipping it.
+        strict: Make the first bad input fatal instead of skipping it, and refuse list
+            entries that resolve outside the image root (which im2rec packs).
+        memory: Bytes the images being decoded at one time may take together (each is
+            estimated from its header before it is decoded; one that needs more than all of
+            it is skipped with a reason that says so). None: half of what this process may
+            still allocate (``recordkit.memory.usable_memory``). Not part of the shards'
+            fingerprint: it decides only which oversized images are refused.
         fsync: ``fsync`` each shard and state file before renaming (crash safety on power loss).
     """
 
@@ -75,6 +81,7 @@ class PackOptions:
     part: tuple[int, int] = (0, 1)
     merge: bool = False
     strict: bool = False
+    memory: int | None = None
     fsync: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +95,8 @@ class PackOptions:
             raise PackError(f"shard size must be at least 1 record, got {self.shard_size}")
         if self.shard_bytes < 1:
             raise PackError(f"shard bytes must be at least 1, got {self.shard_bytes}")
+        if self.memory is not None and self.memory < 1:
+            raise PackError(f"memory must be at least 1 byte, got {self.memory}")
         k, n = self.part
         if n < 1 or not 0 <= k < n:
             raise PackError(f"part must be K/N with 0 <= K < N, got {k}/{n}")
@@ -137,6 +146,8 @@ class PackResult:
         bytes_in: Source bytes read by this run.
         bytes_out: Shard bytes written by this run.
         seconds: Wall time.
+        outside_root: The inputs packed although they resolve outside the image root (dicts
+            with ``split``, ``path`` and ``reason``), as im2rec packs them.
     """
 
     out: Path
@@ -148,6 +159,7 @@ class PackResult:
     bytes_in: int
     bytes_out: int
     seconds: float
+    outside_root: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -160,6 +172,8 @@ class PackResult:
             extra = f", {s.shards_reused} reused" if s.shards_reused else ""
             parts.append(f"{name} {s.records} records in {s.shards_written} shard(s){extra}")
         head = "packed " + ("; ".join(parts) if parts else "nothing")
+        if self.outside_root:
+            head += f" ({len(self.outside_root)} from outside ROOT)"
         return (
             f"{head}; skipped {len(self.skipped)} input(s); "
             f"{_mb(self.bytes_in)} in -> {_mb(self.bytes_out)} out; "

@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from recordkit.errors import RecordkitError
 from recordkit.imaging import ImageOptions
 from recordkit.listing import ListEntry
 from recordkit.pack.options import PackOptions
+from recordkit.safeio import open_regular
 
 __all__ = [
     "ShardPlan",
@@ -90,10 +92,10 @@ def _stat_sizes(paths: Sequence[str]) -> list[int]:
 def _header_size(path: str) -> tuple[int, int] | None:
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
+    try:  # a FIFO or device in a list is never opened for reading (it would block or not end)
+        with os.fdopen(open_regular(path, what="image"), "rb") as f, Image.open(f) as im:
             return im.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, RecordkitError):
         return None
 
 

@@ -197,8 +197,12 @@ def write_final_manifest(
     classes: list[str],
     from_dirs: bool,
     results: Iterable[tuple[SplitPlan, dict[int, DoneShard], dict[str, Any]]],
+    outside: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
-    """Add (or replace) the packed splits in ``out/recordkit.json``, written atomically last."""
+    """Add (or replace) the packed splits in ``out/recordkit.json``, written atomically last.
+
+    ``outside`` holds, per split, the inputs packed from outside the image root.
+    """
     existing = read_existing_manifest(out)
     if existing is not None:
         classes = check_classes(existing, classes, from_dirs, out)
@@ -207,6 +211,7 @@ def write_final_manifest(
             splits=dict(existing.splits),
             pack=dict(existing.pack),
             skipped=list(existing.skipped),
+            outside_root=list(existing.outside_root),
         )
     else:
         manifest = Manifest(classes=classes)
@@ -215,6 +220,9 @@ def write_final_manifest(
         shards = tuple(done[k].entry for k in range(len(plan.shards)))
         manifest.splits[plan.name] = SplitEntry(shards)
         manifest.skipped = [s for s in manifest.skipped if s.get("split") != plan.name]
+        manifest.outside_root = [
+            s for s in manifest.outside_root if s.get("split") != plan.name
+        ] + list((outside or {}).get(plan.name, []))
         manifest.skipped.extend(
             {"split": plan.name, "path": p, "reason": r}
             for k in range(len(plan.shards))
