@@ -188,6 +188,23 @@ def test_a_manifest_that_is_a_fifo_or_dev_zero(ds):
 # Shard and index files that are not regular files
 
 
+@pytest.mark.dali
+def test_a_shard_that_is_a_fifo_does_not_hang_the_dali_loader(ds):
+    """DALI's reader opens shard files itself, blocking: the loader refuses a FIFO first."""
+    pytest.importorskip("nvidia.dali")
+    from recordkit.safeio import InputFileError
+
+    shard = ds / SHARD0
+    shard.unlink()
+    os.mkfifo(shard)
+
+    def make() -> None:
+        with pytest.raises(InputFileError, match="is a FIFO"):
+            recordkit.make_loader(ds, "train", batch_size=2, backend="dali", num_workers=1)
+
+    no_hang(make, [shard])
+
+
 def test_a_shard_that_is_a_fifo_does_not_hang(ds):
     shard = ds / SHARD0
     shard.unlink()

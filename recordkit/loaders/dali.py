@@ -58,6 +58,7 @@ shuffles like im2rec), which makes the buffer shuffle plenty.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -90,6 +91,7 @@ from recordkit.loaders.dali_sizing import (
     reader_batches,
 )
 from recordkit.loaders.sampling import batches_per_rank, epoch_seed
+from recordkit.safeio import open_regular
 
 __all__ = [
     "MIN_DALI",
@@ -377,6 +379,10 @@ class DaliLoader:
             )
         if epochs is not None and epochs < 0:
             raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
+        # DALI's reader opens the files itself, blocking: a FIFO named as a shard would hang
+        # it. Refuse anything but regular files here, in one line (recordkit.safeio).
+        for path in [*split.files, *(r.index_path for r in split.readers)]:
+            os.close(open_regular(path, what="shard file"))
         self.split = split
         self.batch_size = batch_size
         self.image_size = image_size
