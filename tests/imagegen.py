@@ -167,6 +167,30 @@ def write_image(
     return path
 
 
+def photo_array(
+    h: int, w: int, seed: int, *, checker: tuple[int, int] = (37, 31), noise: float = 6.0
+) -> np.ndarray:
+    """A photo-like ``(h, w, 3)`` uint8 RGB picture: smooth waves, a diagonal gradient, a
+    darkened checkerboard of ``checker`` (x, y) cells for edges, and Gaussian noise.
+
+    Used where a crop/resize must be compared on something with real texture (flat colours
+    hide filter differences). Deterministic in ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    arr = np.stack(
+        [
+            128 + 100 * np.sin(x / (w / 7.0)) * np.cos(y / (h / 5.0)),
+            128 + 100 * np.sin((x + y) / (w / 11.0)),
+            255.0 * (x / max(1, w - 1)) * (y / max(1, h - 1)),
+        ],
+        axis=-1,
+    )
+    arr[(x // checker[0] + y // checker[1]) % 2 == 0] *= 0.6
+    arr += rng.normal(0, noise, size=arr.shape).astype(np.float32)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
 def upright_pattern(h: int = 48, w: int = 64) -> np.ndarray:
     """The reference upright picture used by the orientation makers.
 

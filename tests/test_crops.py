@@ -24,20 +24,8 @@ AUG = Augment()
 
 
 def _photo(h: int, w: int, seed: int) -> torch.Tensor:
-    """Photo-like uint8 ``(3, h, w)``: tests/imagegen.make_big_jpeg's picture, scaled down."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    arr = np.stack(
-        [
-            128 + 100 * np.sin(x / (w / 7.0)) * np.cos(y / (h / 5.0)),
-            128 + 100 * np.sin((x + y) / (w / 11.0)),
-            255.0 * (x / (w - 1)) * (y / (h - 1)),
-        ],
-        axis=-1,
-    )
-    arr[(x // 37 + y // 31) % 2 == 0] *= 0.6
-    arr += rng.normal(0, 6, size=arr.shape)
-    return torch.from_numpy(np.clip(arr, 0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
+    """Photo-like uint8 ``(3, h, w)`` (:func:`imagegen.photo_array`)."""
+    return torch.from_numpy(imagegen.photo_array(h, w, seed)).permute(2, 0, 1).contiguous()
 
 
 def _noise(h: int, w: int, seed: int) -> torch.Tensor:

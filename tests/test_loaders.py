@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_shards
+from imagegen import photo_array as photo
 from PIL import Image
 
 from recordkit import Record
@@ -287,23 +288,6 @@ def test_gpu_decode_path_runs_on_cpu_and_matches(tmp_path: Path) -> None:
             assert torch.equal(ya, yb) and (xa - xb).abs().max() < 0.05
 
 
-def _photo(h: int, w: int, seed: int) -> np.ndarray:
-    """A small photo-like RGB array (smooth gradients, an edge, mild noise)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    arr = np.stack(
-        [
-            128 + 90 * np.sin(x / (w / 5.0)) * np.cos(y / (h / 3.0)),
-            128 + 90 * np.sin((x + y) / (w / 4.0)),
-            255.0 * (x / (w - 1)) * (y / (h - 1)),
-        ],
-        axis=-1,
-    )
-    arr[: h // 3, : w // 3] *= 0.6
-    arr += rng.normal(0, 4, size=arr.shape)
-    return np.clip(arr, 0, 255).astype(np.uint8)
-
-
 def _file_record(path: Path, i: int) -> Record:
     """A record of an image file as it is on disk (``pack --pass-through``)."""
     with Image.open(path) as im:
@@ -319,12 +303,12 @@ def _tricky_records(root: Path) -> list[Record]:
         imagegen.make_cmyk_jpeg(root / "cmyk.jpg"),
         imagegen.make_exif_rotated_jpeg(root / "exif6.jpg", 6),
         imagegen.make_png_rgba(root / "rgba.png"),
-        imagegen.write_image(root / "gray.jpg", _photo(40, 56, 1)[..., 0], "JPEG", 95),
-        imagegen.write_image(root / "prog.jpg", _photo(44, 60, 2), "JPEG", 95, progressive=True),
+        imagegen.write_image(root / "gray.jpg", photo(40, 56, 1)[..., 0], "JPEG", 95),
+        imagegen.write_image(root / "prog.jpg", photo(44, 60, 2), "JPEG", 95, progressive=True),
     ]
     paths += [
         imagegen.write_image(
-            root / f"s{k}.jpg", _photo(36 + 4 * k, 52, 3 + k), "JPEG", 95, subsampling=k
+            root / f"s{k}.jpg", photo(36 + 4 * k, 52, 3 + k), "JPEG", 95, subsampling=k
         )
         for k in (0, 1, 2)
     ]

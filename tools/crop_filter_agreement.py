@@ -23,6 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import imagegen  # noqa: E402
 
 from recordkit.loaders.augment import (  # noqa: E402
     Augment,
@@ -34,20 +37,9 @@ from recordkit.loaders.decode import crop_resize, val_transform_tensor  # noqa: 
 
 
 def photo(h: int, w: int, seed: int) -> torch.Tensor:
-    """tests/imagegen.make_big_jpeg's picture at ``h`` x ``w``, uint8 ``(3, h, w)``."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    arr = np.stack(
-        [
-            128 + 100 * np.sin(x / (w / 7.0)) * np.cos(y / (h / 5.0)),
-            128 + 100 * np.sin((x + y) / (w / 11.0)),
-            255.0 * (x / max(1, w - 1)) * (y / max(1, h - 1)),
-        ],
-        axis=-1,
-    )
-    arr[(x // 97 + y // 89) % 2 == 0] *= 0.6
-    arr += rng.normal(0, 6, size=arr.shape).astype(np.float32)
-    return torch.from_numpy(np.clip(arr, 0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
+    """tests/imagegen.photo_array with checker cells sized for 224-px crops, ``(3, h, w)``."""
+    arr = imagegen.photo_array(h, w, seed, checker=(97, 89))
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def noise(h: int, w: int, seed: int) -> torch.Tensor:
