@@ -55,22 +55,12 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _meminfo(key: str) -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A ``key: N kB`` line of a ``/proc`` file, in bytes; None where absent or unreadable."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
                 if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _vm_size() -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError, UnicodeDecodeError):
         return None
@@ -112,7 +102,7 @@ def _rlimit_room() -> int | None:
             continue
         soft, _ = resource.getrlimit(which)
         if soft != resource.RLIM_INFINITY:
-            used = _vm_size() or 0
+            used = _proc_bytes("/proc/self/status", "VmSize") or 0
             rooms.append(max(soft - used, 0))
     return min(rooms) if rooms else None
 
@@ -128,7 +118,7 @@ def usable_memory() -> tuple[int, str]:
         ``(bytes, source)``, e.g. ``(25_000_000_000, "available memory")``.
     """
     found: list[tuple[int, str]] = []
-    avail = _meminfo("MemAvailable")
+    avail = _proc_bytes("/proc/meminfo", "MemAvailable")
     if avail is not None:
         found.append((avail, "available memory"))
     cgroup = _cgroup_room()
