@@ -109,7 +109,7 @@ def main(verbose: int) -> None:
     "--exts",
     default=".jpeg,.jpg,.png",
     show_default=True,
-    help="Comma-separated extensions, matched case-insensitively (im2rec: case-sensitive).",
+    help="Comma-separated extensions, in any case, dot optional (im2rec: lowercase with dot).",
 )
 @click.option(
     "--chunks",

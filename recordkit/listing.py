@@ -10,8 +10,9 @@ A ``.lst`` line is ``index<TAB>label[<TAB>label...]<TAB>path`` with each label f
 
 Differences from im2rec, all deliberate:
 
-* Extensions are matched case-insensitively (``x.JPG`` is an image) and may be given with or
-  without the leading dot.
+* Extensions may be given in any case and with or without the leading dot. Both tools
+  lowercase each file's suffix (``x.JPG`` is an image for both), but im2rec compares it with
+  ``--exts`` as typed, so ``--exts .JPG`` matches nothing there.
 * Options are validated up front (ratios in ``[0, 1]``, ``chunks >= 1``, at least one image);
   problems raise :class:`ListError` instead of writing empty or meaningless lists.
 * Each file is written atomically (temporary file in the same directory, then ``os.replace``),
@@ -33,7 +34,7 @@ import math
 import numbers
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,56 +170,92 @@ def _check_root(root: str) -> None:
         raise ListError(f"not a directory: {root}")
 
 
-def _walk_recursive(root: str, exts: frozenset[str]) -> tuple[list[ListEntry], list[str]]:
-    entries: list[ListEntry] = []
-    cat: dict[str, int] = {}
-    # Real paths of the directories from root down to each walked directory, to stop symlink
-    # cycles (im2rec has no such guard and recurses until ELOOP / ENAMETOOLONG).
-    chains: dict[str, frozenset[str]] = {root: frozenset((os.path.realpath(root),))}
+def _scan_dir(path: str, on_error: Callable[[OSError], None]) -> tuple[list[str], list[str]]:
+    """``(dirs, files)`` of one directory, both sorted, split as ``os.walk`` splits them.
+
+    Like ``os.walk``: an entry is a directory when ``DirEntry.is_dir()`` says so (following
+    symlinks; an error counts as "not a directory"), and a file is kept only when ``is_file()``
+    (``os.path.isfile``: following symlinks) is true. ``d_type`` answers both without a
+    ``stat`` except for symlinks.
+    """
+    dirs: list[str] = []
+    files: list[str] = []
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    dirs.append(entry.name)
+                elif entry.is_file():
+                    files.append(entry.name)
+    except OSError as err:
+        on_error(err)
+        return [], []
+    dirs.sort()
+    files.sort()
+    return dirs, files
+
+
+def _scan(
+    root: str, exts: frozenset[str], recursive: bool
+) -> tuple[list[str], list[int], list[str]]:
+    """Find images as im2rec's ``list_image``; returns ``(paths, labels, classes)``.
+
+    ``paths[i]`` is ``os.path.relpath(file, root)``, computed once per directory
+    (``relpath(dir, root)`` joined with the name: a name from ``scandir`` holds no separator
+    and is never ``.`` or ``..``, so that is the same string), and ``labels[i]`` its class.
+    """
+    paths: list[str] = []
+    labels: list[int] = []
+    classes: list[str] = []
+    sep = os.sep
 
     def onerror(err: OSError) -> None:
         logger.warning("skipping unreadable directory %s: %s", err.filename, err.strerror)
 
-    for path, dirs, files in os.walk(root, onerror=onerror, followlinks=True):
-        dirs.sort()
-        files.sort()
-        chain = chains.pop(path, frozenset())
-        kept: list[str] = []
+    def take(reldir: str, files: list[str]) -> None:
+        prefix = "" if reldir == "." else reldir + sep
+        found = [prefix + f for f in files if os.path.splitext(f)[1].lower() in exts]
+        if found:
+            labels.extend([len(classes)] * len(found))
+            classes.append(reldir)
+            paths.extend(found)
+
+    if not recursive:
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as err:
+            raise ListError(f"cannot read directory {root}: {err.strerror}") from err
+        isfile, join = os.path.isfile, os.path.join
+        take(
+            ".",
+            [f for f in names if os.path.splitext(f)[1].lower() in exts and isfile(join(root, f))],
+        )
+        return paths, labels, classes
+
+    # os.walk(root, followlinks=True), top-down, each directory's lists sorted: preorder. The
+    # real paths of the directories from root down to each one stop symlink cycles (im2rec has
+    # no such guard and recurses until ELOOP / ENAMETOOLONG).
+    stack: list[tuple[str, str, frozenset[str]]] = [
+        (root, ".", frozenset((os.path.realpath(root),)))
+    ]
+    while stack:
+        path, reldir, chain = stack.pop()
+        dirs, files = _scan_dir(path, onerror)
+        take(reldir, files)
+        children = []
         for d in dirs:
-            real = os.path.realpath(os.path.join(path, d))
+            child = os.path.join(path, d)
+            real = os.path.realpath(child)
             if real in chain:
-                logger.warning(
-                    "not following %s: symlink cycle back to %s", os.path.join(path, d), real
-                )
+                logger.warning("not following %s: symlink cycle back to %s", child, real)
                 continue
-            kept.append(d)
-            chains[os.path.join(path, d)] = chain | {real}
-        dirs[:] = kept
-        for fname in files:
-            fpath = os.path.join(path, fname)
-            suffix = os.path.splitext(fname)[1].lower()
-            if suffix in exts and os.path.isfile(fpath):
-                if path not in cat:
-                    cat[path] = len(cat)
-                entries.append(
-                    ListEntry(len(entries), (float(cat[path]),), os.path.relpath(fpath, root))
-                )
-    classes = [os.path.relpath(k, root) for k, _ in sorted(cat.items(), key=lambda x: x[1])]
-    return entries, classes
-
-
-def _walk_flat(root: str, exts: frozenset[str]) -> tuple[list[ListEntry], list[str]]:
-    try:
-        names = sorted(os.listdir(root))
-    except OSError as err:
-        raise ListError(f"cannot read directory {root}: {err.strerror}") from err
-    entries: list[ListEntry] = []
-    for fname in names:
-        fpath = os.path.join(root, fname)
-        suffix = os.path.splitext(fname)[1].lower()
-        if suffix in exts and os.path.isfile(fpath):
-            entries.append(ListEntry(len(entries), (0.0,), os.path.relpath(fpath, root)))
-    return entries, (["."] if entries else [])
+            children.append((child, d if reldir == "." else reldir + sep + d, chain | {real}))
+        stack.extend(reversed(children))
+    return paths, labels, classes
 
 
 def list_images(
@@ -252,9 +289,11 @@ def list_images(
     root_s = os.fsdecode(root)
     ext_set = frozenset(normalize_exts(exts))
     _check_root(root_s)
-    if recursive:
-        return _walk_recursive(root_s, ext_set)
-    return _walk_flat(root_s, ext_set)
+    paths, labels, classes = _scan(root_s, ext_set, recursive)
+    entries = [
+        ListEntry(i, (float(c),), p) for i, (c, p) in enumerate(zip(labels, paths, strict=True))
+    ]
+    return entries, classes
 
 
 def format_class_table(classes: Sequence[str]) -> str:
@@ -553,30 +592,45 @@ def make_lists(
     root_s = os.fsdecode(root)
     prefix_s = os.fsdecode(prefix)
 
-    image_list, classes = list_images(root_s, recursive=recursive, exts=ext_tuple)
-    if not image_list:
+    _check_root(root_s)
+    paths, labels, classes = _scan(root_s, frozenset(ext_tuple), recursive)
+    if not paths:
         raise ListError(_no_images_message(root_s, ext_tuple, recursive))
     out_dir = os.path.dirname(prefix_s) or "."
     if not os.path.isdir(out_dir):
         raise ListError(f"output directory does not exist: {out_dir}")
+    for ch in _FORBIDDEN_PATH_CHARS:
+        bad = next((p for p in paths if ch in p), None)
+        if bad is not None:
+            raise ListError(f"cannot write {bad!r} to a .lst file: the path contains {ch!r}")
 
+    # One string per image, as im2rec's write_list formats it ('%d\t' % index, '%f\t' % label,
+    # path); the index is the walk position, kept through the shuffle.
+    label_text = ["%f\t" % c for c in range(len(classes))]  # noqa: UP031
+    lines = [
+        f"{i}\t{label_text[c]}{p}\n" for i, (c, p) in enumerate(zip(labels, paths, strict=True))
+    ]
+    del paths, labels
     if shuffle:
-        # Identical permutation to `random.seed(100); random.shuffle(image_list)`.
-        random.Random(_SHUFFLE_SEED).shuffle(image_list)
+        # Identical permutation to `random.seed(100); random.shuffle(image_list)`: the swaps
+        # depend only on the length.
+        random.Random(_SHUFFLE_SEED).shuffle(lines)
 
-    n = len(image_list)
+    n = len(lines)
     chunk_size = (n + chunks - 1) // chunks
     files: dict[str, Path] = {}
     counts: dict[str, int] = {}
 
-    def emit(chunk_tag: str, role: str, suffix: str, part: list[ListEntry]) -> None:
+    def emit(chunk_tag: str, role: str, suffix: str, part: list[str]) -> None:
         file_path = prefix_s + chunk_tag + suffix
         key = f"{chunk_tag[1:]}_{role}" if chunk_tag else role
-        counts[key] = _write_list_count(file_path, part)
+        _atomic_write_lines(file_path, ["".join(part)])
+        logger.debug("wrote %d entries to %s", len(part), file_path)
+        counts[key] = len(part)
         files[key] = Path(file_path)
 
     for i in range(chunks):
-        chunk = image_list[i * chunk_size : (i + 1) * chunk_size]
+        chunk = lines[i * chunk_size : (i + 1) * chunk_size]
         tag = f"_{i}" if chunks > 1 else ""
         sep = int(chunk_size * train_ratio)
         sep_test = int(chunk_size * test_ratio)
