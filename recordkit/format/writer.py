@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from recordkit.format import framing
-from recordkit.format.example import Record, encode_example
+from recordkit.format.example import Record, example_parts
 from recordkit.format.index import index_path_for
 
 __all__ = ["ShardWriter", "ShardInfo", "temp_path_for"]
@@ -93,9 +93,18 @@ class ShardWriter:
         Returns:
             The byte offset at which the record starts.
         """
+        return self.write_framed(framing.frame(data))
+
+    def write_framed(self, framed: bytes | bytearray | memoryview) -> int:
+        """Append one record that is already framed (:func:`~recordkit.format.framing.frame`).
+
+        The packer frames records in its worker threads and the writer only appends them.
+
+        Returns:
+            The byte offset at which the record starts.
+        """
         if self._closed:
             raise ValueError(f"write to closed ShardWriter {self.path}")
-        framed = framing.frame(data)
         offset = self._offset
         self._f.write(framed)
         self._hash.update(framed)
@@ -111,7 +120,8 @@ class ShardWriter:
         Returns:
             The byte offset at which the record starts.
         """
-        return self.write_bytes(encode_example(record))
+        head, tail = example_parts(record)
+        return self.write_framed(framing.frame_parts(head, record.image, tail))
 
     def close(self) -> ShardInfo:
         """Flush, fsync and rename both files into place.
