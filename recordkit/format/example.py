@@ -269,6 +269,10 @@ def _varint(n: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int (an int64 below 0: add 2**64 first)."""
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

@@ -28,7 +28,7 @@ from recordkit.pack.lists import (
 )
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
 from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
-from recordkit.pack.pool import ordered
+from recordkit.pack.pool import ProcessWorkers, ordered, start_early
 from recordkit.pack.state import (
     DoneShard,
     StateFile,
@@ -134,6 +134,15 @@ def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneSha
     return {}
 
 
+def _start_early(root: str, splits: list[SplitList], opts: PackOptions) -> ProcessWorkers | None:
+    """Worker processes started now when a sample of 16 inputs says thumbnails (see
+    :func:`recordkit.pack.pool.start_early`); they exit when dropped unused."""
+    entries = [e for s in splits for e in s.entries]
+    n = len(entries)
+    sample = [os.path.join(root, entries[k * n // 16].path) for k in range(min(n, 16))]
+    return start_early(opts.pool, opts.threads, n, sample, opts.image)
+
+
 def _write_shards(
     tasks: list[_Task],
     root: str,
@@ -141,6 +150,7 @@ def _write_shards(
     opts: PackOptions,
     progress: Progress | None,
     stats: _Stats,
+    early: ProcessWorkers | None = None,
 ) -> None:
     total = sum(t.shard.stop - t.shard.start for t in tasks)
     jobs = (
@@ -174,6 +184,7 @@ def _write_shards(
             budget,
             mode=opts.pool,
             processes=opts.threads,
+            workers=early,
         )
         for task in tasks:
             plan, shard = task.plan, task.shard
@@ -209,6 +220,8 @@ def _write_shards(
     finally:
         if stream is not None:
             stream.close()
+        if early is not None:  # never iterated (nothing to pack), or closed above already
+            early.close(kill=True)
         pool.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(cv2_threads)
 
@@ -252,6 +265,7 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
+    early = None if opts.merge else _start_early(root_s, splits, opts)
     classes, from_dirs = resolve_classes(splits, opts.pack_label)
     out = opts.out
     try:
@@ -302,7 +316,7 @@ def pack(
             )
 
     stats = _Stats()
-    _write_shards(tasks, root_s, classes, opts, progress, stats)
+    _write_shards(tasks, root_s, classes, opts, progress, stats, early)
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []

@@ -41,16 +41,18 @@ from itertools import islice
 from typing import Any, BinaryIO
 
 from recordkit.errors import RecordkitError
+from recordkit.imageinfo import image_info
 from recordkit.imaging import ImageOptions
 from recordkit.memory import MemoryBudget
 from recordkit.pack.work import DEFAULT_LIMITS, DEFERRED, Job, Outcome, TaskLimits, run_task
+from recordkit.safeio import open_regular_sized
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["POOLS", "WorkerError", "ordered", "worker_main"]
+__all__ = ["POOLS", "ProcessWorkers", "WorkerError", "ordered", "start_early", "worker_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def ordered(
     mode: str = "auto",
     processes: int = 1,
     limits: TaskLimits = DEFAULT_LIMITS,
+    workers: ProcessWorkers | None = None,
 ) -> Iterator[Outcome]:
     """Outcomes of ``jobs`` in input order, with at most ``window`` tasks in flight.
 
@@ -100,6 +103,8 @@ def ordered(
         mode: ``"threads"``, ``"processes"`` or ``"auto"`` (see the module docstring).
         processes: How many worker processes to start when processes are used.
         limits: When a task ends early (so that tasks in flight bound memory).
+        workers: Worker processes already started (:func:`start_early`); used once ready,
+            and closed at the end.
 
     Yields:
         One :data:`~recordkit.pack.work.Outcome` per job, in the order of ``jobs``.
@@ -114,11 +119,13 @@ def ordered(
     seen = 0  # images done on threads, and their seconds (for the auto decision)
     busy = 0.0
     consumed = 0
-    workers: ProcessWorkers | None = None
     defer_above = max(1, min(_DEFER_ABOVE_MAX, budget.total // (8 * max(1, processes))))
-    if mode == "processes":
-        workers = ProcessWorkers(processes, image, limits, defer_above)
-    decided = mode != "auto" or processes < 2
+    setup = (image, limits, defer_above)
+    if workers is None and mode == "processes":
+        workers = ProcessWorkers(processes)
+    if workers is not None:
+        workers.setup(setup)
+    decided = mode != "auto" or processes < 2 or workers is not None
     pending: deque[tuple[Future[_Result] | _ProcessTask, list[Job], bool]] = deque()
 
     def submit(batch: list[Job], front: bool = False) -> None:
@@ -126,6 +133,9 @@ def ordered(
         fut: Future[_Result] | _ProcessTask
         if use:
             assert workers is not None
+            if not workers.used:
+                workers.used = True
+                logger.debug("worker processes ready; %d images done on threads", consumed)
             fut = workers.submit(batch, budget, defer_above)
         else:
             fut = pool.submit(run_task, batch, image, budget, limits)
@@ -162,7 +172,8 @@ def ordered(
                             per * 1e6,
                             processes,
                         )
-                        workers = ProcessWorkers(processes, image, limits, defer_above)
+                        workers = ProcessWorkers(processes)
+                        workers.setup(setup)
                 if nxt := list(islice(it, size)):
                     submit(nxt)
             consumed += len(results)
@@ -173,6 +184,55 @@ def ordered(
             fut.cancel()
         if workers is not None:
             workers.close(kill=not finished)
+
+
+def start_early(
+    mode: str, processes: int, total: int, sample: list[str], image: ImageOptions
+) -> ProcessWorkers | None:
+    """Worker processes started before the plan is made, when a header sample says thumbnails.
+
+    ``auto`` otherwise decides after the first images (see :func:`ordered`); deciding from
+    ``sample`` (paths of a few inputs spread over the lists) lets the processes import while
+    the lists are checked and the shards planned, instead of while the threads work. Taken
+    when there are at least :data:`EARLY_MIN_IMAGES` inputs and every readable sampled image
+    (its size after ``--resize``) has at most :data:`EARLY_MAX_PIXELS` pixels.
+    """
+    if mode != "auto" or processes < 2 or total < EARLY_MIN_IMAGES or not sample:
+        return None
+    sizes = [s for s in map(_header_pixels, sample) if s is not None]
+    if len(sizes) * 2 < len(sample):
+        return None
+    largest = max(_out_pixels(w, h, image) for w, h in sizes)
+    if largest > EARLY_MAX_PIXELS:
+        return None
+    logger.info("thumbnails (%d pixels at most): starting %d worker processes", largest, processes)
+    return ProcessWorkers(processes)
+
+
+EARLY_MIN_IMAGES = 20_000
+EARLY_MAX_PIXELS = 160 * 160
+
+
+def _header_pixels(path: str) -> tuple[int, int] | None:
+    """``(width, height)`` from the first 64 KB of a JPEG or PNG, or None."""
+    try:
+        fd, _ = open_regular_sized(path, what="image")
+        try:
+            head = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
+        info = image_info(head)
+    except (OSError, RecordkitError, ValueError):
+        return None
+    return info.width, info.height
+
+
+def _out_pixels(w: int, h: int, image: ImageOptions) -> int:
+    short = min(w, h)
+    if image.resize and short and (image.upscale or short > image.resize):
+        scale = image.resize / short
+        return int(w * h * scale * scale)
+    return w * h
 
 
 def _undefer(
@@ -212,23 +272,26 @@ class ProcessWorkers:
     so none competes for the GIL with the writer.
 
     Args:
-        count: Processes to start.
-        image: How to process images.
-        limits: Task limits (as for threads).
-        defer_above: The largest decode cost a process takes on.
+        count: Processes to start (each imports recordkit, then waits for :meth:`setup`).
     """
 
-    def __init__(
-        self, count: int, image: ImageOptions, limits: TaskLimits, defer_above: int
-    ) -> None:
+    def __init__(self, count: int) -> None:
         self._workers: list[_Worker] = []
         self._broken = False
+        self.used = False
         try:
             for _ in range(count):
-                self._workers.append(_Worker((image, limits, defer_above)))
+                self._workers.append(_Worker())
         except OSError as exc:  # no executable to start (a frozen app), no processes left
             logger.warning("cannot start a worker process (%s); using threads", exc)
             self._give_up()
+
+    def setup(self, setup: tuple[ImageOptions, TaskLimits, int]) -> None:
+        """Tell every process how to process images: ``(image, limits, defer_above)``, the
+        last the largest decode cost a process takes on."""
+        for w in self._workers:
+            with contextlib.suppress(WorkerError):  # usable() or a task's result reports it
+                w.send(setup)
 
     def usable(self) -> bool:
         """True once every process has started (until then, tasks go to the threads); False
@@ -290,7 +353,7 @@ class _ProcessTask:
 class _Worker:
     """One worker process and its two pipes."""
 
-    def __init__(self, setup: tuple[Any, ...]) -> None:
+    def __init__(self) -> None:
         import recordkit
 
         # the child imports this same recordkit, wherever it was imported from here
@@ -314,7 +377,6 @@ class _Worker:
         self._is_ready = False
         self._failure: str | None = None
         self._queue: deque[_ProcessTask] = deque()
-        self._send(setup)
 
     @property
     def outstanding(self) -> int:
@@ -334,7 +396,7 @@ class _Worker:
         task = _ProcessTask(self, jobs, budget, held)
         self._queue.append(task)
         with contextlib.suppress(WorkerError):  # reported by task.result(), where it is read
-            self._send(jobs)
+            self.send(jobs)
         return task
 
     def answer(self, task: _ProcessTask) -> _Result:
@@ -361,7 +423,7 @@ class _Worker:
             with contextlib.suppress(OSError):
                 self.proc.kill()
         with contextlib.suppress(OSError, WorkerError):
-            self._send(None)
+            self.send(None)
         with contextlib.suppress(OSError):
             self._in.close()
 
@@ -374,7 +436,7 @@ class _Worker:
         with contextlib.suppress(OSError):
             self._out.close()
 
-    def _send(self, msg: Any) -> None:
+    def send(self, msg: Any) -> None:
         try:
             pickle.dump(msg, self._in, protocol=pickle.HIGHEST_PROTOCOL)
             self._in.flush()
@@ -410,7 +472,10 @@ def worker_main() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # as in the packer's threads: one image per core
-    image, limits, defer_above = pickle.load(inp)
+    try:
+        image, limits, defer_above = pickle.load(inp)
+    except EOFError:  # not needed after all (an early start for a pack that stopped)
+        return
     budget = MemoryBudget(defer_above, "a worker process")
     tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
 

@@ -104,9 +104,8 @@ def read_and_process(
     try:
         if defer_above is not None and size > defer_above:
             return None, DEFERRED, 0
-        refusal = budget.refusal(size, f"a file of {size} bytes")
-        if refusal is not None:
-            return None, refusal, 0
+        if size > budget.total:
+            return None, budget.refusal(size, f"a file of {size} bytes"), 0
         try:
             data = _read(fd, size)
         except OSError as exc:
@@ -124,9 +123,8 @@ def read_and_process(
         cost = decode_cost(width, height, len(data))
         if defer_above is not None and cost > defer_above:
             return None, DEFERRED, 0
-        refusal = budget.refusal(cost, f"a {width}x{height} image")
-        if refusal is not None:
-            return None, refusal, len(data)
+        if cost > budget.total:
+            return None, budget.refusal(cost, f"a {width}x{height} image"), len(data)
         with budget.hold(cost):
             return process_image(data, image), None, len(data)
     except ImageError as exc:
