@@ -22,6 +22,7 @@ from recordkit.pack.lists import (
     SplitList,
     entry_labels,
     find_lists,
+    join_root,
     load_splits,
     outside_root,
     resolve_classes,
@@ -155,7 +156,7 @@ def _write_shards(
     total = sum(t.shard.stop - t.shard.start for t in tasks)
     jobs = (
         Job(
-            os.path.join(root, t.plan.entries[j].path),
+            join_root(root, t.plan.entries[j].path),
             t.plan.labels[j],
             t.plan.entries[j].path.replace(os.sep, "/"),
             t.plan.entries[j].index,

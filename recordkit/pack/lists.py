@@ -137,6 +137,10 @@ def entry_labels(entry: ListEntry, pack_label: bool, source: str) -> tuple[int, 
     Raises:
         PackError: A stored label is not a non-negative integer.
     """
+    if not pack_label or len(entry.labels) == 1:  # the common case, quickly
+        v = entry.labels[0]
+        if isinstance(v, float) and v >= 0 and v.is_integer():
+            return (int(v),)
     values = entry.labels if pack_label else entry.labels[:1]
     out = []
     for v in values:
@@ -200,7 +204,7 @@ def outside_root(root: str, entries: Sequence[ListEntry]) -> list[tuple[int, str
             if norm == os.pardir or norm.startswith(os.pardir + os.sep):
                 found.append((k, "'..' leads out of ROOT"))
                 continue
-        full = os.path.join(root, path)
+        full = join_root(root, path)
         parent, name = os.path.split(full)
         real_parent = real_dirs.get(parent)
         if real_parent is None:
@@ -229,3 +233,10 @@ def _symlinks(directory: str) -> dict[str, bool]:
             return {e.name: e.is_symlink() for e in it}
     except (OSError, ValueError):
         return {}
+
+
+def join_root(root: str, path: str) -> str:
+    """``os.path.join(root, path)`` for a relative ``path``, without its per-call cost."""
+    if os.altsep or os.path.isabs(path) or not root:
+        return os.path.join(root, path)
+    return root + path if root.endswith(os.sep) else f"{root}{os.sep}{path}"

@@ -360,6 +360,8 @@ class _Worker:
         root = os.path.dirname(os.path.dirname(os.path.abspath(recordkit.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # one image at a time per process: no BLAS threads (OpenBLAS's spin in sched_yield)
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _BOOT],
             stdin=subprocess.PIPE,
