@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,7 +287,13 @@ def pack(
     extras = {
         p.name: {"lists": [f.name for f in s.files]} for p, s in zip(plans, splits, strict=True)
     }
-    outside = _outside_root(root_s, splits, opts.strict)
+    if opts.strict or opts.merge:  # needed now: --strict refuses before packing
+        outside = _outside_root(root_s, splits, opts.strict)
+        checked: Future[dict[str, list[dict[str, Any]]]] | None = None
+    else:  # only the manifest needs it: an lstat walk that runs while the images are packed
+        checker = ThreadPoolExecutor(1, thread_name_prefix="recordkit-outside")
+        checked = checker.submit(_outside_root, root_s, splits, False)
+        checker.shutdown(wait=False)
 
     if opts.merge:
         return _merge(out, plans, classes, from_dirs, extras, outside, t0)
@@ -318,6 +324,8 @@ def pack(
 
     stats = _Stats()
     _write_shards(tasks, root_s, classes, opts, progress, stats, early)
+    if checked is not None:
+        outside = checked.result()
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
