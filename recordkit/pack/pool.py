@@ -52,7 +52,15 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["POOLS", "ProcessWorkers", "WorkerError", "ordered", "start_early", "worker_main"]
+__all__ = [
+    "POOLS",
+    "ProcessWorkers",
+    "WorkerError",
+    "WorkerRaised",
+    "ordered",
+    "start_early",
+    "worker_main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +83,16 @@ _Result = tuple[list[Outcome], float]
 
 
 class WorkerError(RecordkitError):
-    """A worker process failed: it raised (the message holds its traceback) or died."""
+    """A worker process died (a crash in a codec, the OOM killer) or could not be reached."""
+
+
+class WorkerRaised(RuntimeError):
+    """A worker process raised an exception; the message holds its traceback."""
+
+
+def _where(task: _ProcessTask) -> str:
+    first, last = task.jobs[0].path, task.jobs[-1].path
+    return first if first == last else f"one of {first} ... {last}"
 
 
 def ordered(
@@ -110,7 +127,8 @@ def ordered(
         One :data:`~recordkit.pack.work.Outcome` per job, in the order of ``jobs``.
 
     Raises:
-        WorkerError: A worker process raised or died.
+        WorkerError: A worker process died.
+        WorkerRaised: A worker process raised (its traceback in the message).
     """
     if mode not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {mode!r}")
@@ -334,7 +352,8 @@ class _ProcessTask:
         self._result: _Result | None = None
 
     def result(self) -> _Result:
-        """Wait for the answer; raises :class:`WorkerError` if the worker raised or died."""
+        """Wait for the answer; raises :class:`WorkerError` if the worker died,
+        :class:`WorkerRaised` if it raised."""
         if self._result is None:
             try:
                 self._result = self._worker.answer(self)
@@ -410,15 +429,15 @@ class _Worker:
                 while self._queue and self._queue[0] is not task:  # a task sent before it
                     self._queue.popleft().result()
                 msg = pickle.load(self._out)
-                if msg[0] == "done":
-                    self._queue.popleft()
-                    return msg[1]
-                self._failure = f"a worker process raised:\n{msg[1]}"
+                self._queue.popleft()
             except (EOFError, OSError, pickle.UnpicklingError):
                 self._failure = self._death()
-        first, last = task.jobs[0].path, task.jobs[-1].path
-        where = first if first == last else f"one of {first} ... {last}"
-        raise WorkerError(f"{self._failure} (processing {where})")
+            else:
+                if msg[0] == "done":
+                    return msg[1]
+                # a bug, not bad input (that is a skip reason): keep its traceback, as a thread's
+                raise WorkerRaised(f"a worker process raised, processing {_where(task)}:\n{msg[1]}")
+        raise WorkerError(f"{self._failure} (processing {_where(task)})")
 
     def stop(self, kill: bool = False) -> None:
         if kill:
