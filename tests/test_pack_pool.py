@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import imagegen
 import numpy as np
 import pytest
-from test_pack import make_dataset, manifest_without_time, opts, shard_bytes
+from test_pack import make_dataset, manifest_without_time, opts, run_cli, shard_bytes
 
 from recordkit.imaging import ImageOptions
 from recordkit.listing import make_lists, read_list
@@ -166,3 +166,16 @@ def test_memory_budget_waits_for_room_and_wakes_on_release():
     assert got == [50] and budget._free == 50
     budget.release(50)
     assert budget.acquire(10**9) == 100  # more than the whole budget waits for all of it
+
+
+def test_cli_pool_option(tmp_path, mixed):
+    prefix, root = mixed
+    outs = []
+    for pool in ("threads", "processes"):
+        out = tmp_path / pool
+        res = run_cli("pack", prefix, root, "--out", out, "--pool", pool, "--threads", 2, "-q")
+        assert res.exit_code == 0, res.output
+        outs.append(shard_bytes(out))
+    assert outs[0] == outs[1]
+    bad = run_cli("pack", prefix, root, "--out", tmp_path / "x", "--pool", "fibers")
+    assert bad.exit_code == 2
