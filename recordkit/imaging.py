@@ -40,7 +40,7 @@ CRC intact, and only chunks that change neither Pillow's pixels nor its orientat
 ``tRNS``, palette, ``eXIf``, EXIF/XMP text, compressed text or ICC profile, APNG). libpng and
 Pillow decode such a file to the same samples and both libjpeg-turbo encoders give files that
 decode to the same pixels (``tests/test_imaging_fast.py``); Pillow's PNG path cost ~220 us of
-GIL-held Python per 28x28 thumbnail against ~45 us for OpenCV's decode and encode.
+GIL-held Python per 28x28 thumbnail against ~50 us for OpenCV's decode and encode.
 
 Measured choice (1 core of the dev machine, opencv-python 5.0, Pillow 13.0, photo-like JPEG
 from ``tests/imagegen.make_big_jpeg``, q90; milliseconds per image, best of 3, output JPEG
