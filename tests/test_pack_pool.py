@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import imagegen
 import numpy as np
@@ -35,6 +37,20 @@ def mixed(tmp_path):
     imagegen.make_text_as_jpg(root / "c1" / "text.jpg")
     make_lists(prefix, root, recursive=True)
     return prefix, root
+
+
+def worker_children() -> list[int]:
+    """Pids of this process's children that run a pack worker (Linux /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"worker_main" in cmd:
+            found.append(int(d.name))
+    return found
 
 
 def wait_usable(workers: ProcessWorkers, seconds: float = 60) -> None:
@@ -179,3 +195,20 @@ def test_cli_pool_option(tmp_path, mixed):
     assert outs[0] == outs[1]
     bad = run_cli("pack", prefix, root, "--out", tmp_path / "x", "--pool", "fibers")
     assert bad.exit_code == 2
+
+
+def test_interrupted_pack_on_processes_resumes_to_the_same_bytes(tmp_path, mixed):
+    prefix, root = mixed
+    reference, out = tmp_path / "reference", tmp_path / "shards"
+    pack(prefix, root, opts(reference, shard_size=3, threads=1, pool="threads"))
+
+    def stop(done: int, total: int) -> None:
+        if done >= 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack(prefix, root, opts(out, shard_size=3, threads=2, pool="processes"), progress=stop)
+    assert not list(out.glob("*.tmp"))
+    assert not worker_children()  # stopped and reaped, not left behind
+    pack(prefix, root, opts(out, shard_size=3, threads=2, pool="processes", resume=True))
+    assert shard_bytes(out) == shard_bytes(reference)
