@@ -166,7 +166,7 @@ def plan_split(
     params = pack_params(opts)
     h = hashlib.sha256()
     h.update(json.dumps([name, params, count, list(classes)], sort_keys=True).encode())
-    for e, lab in zip(entries, labels, strict=True):
-        h.update(f"\n{e.index}\t{lab}\t{e.path}".encode("utf-8", "surrogateescape"))
+    text = "".join(f"\n{e.index}\t{lab}\t{e.path}" for e, lab in zip(entries, labels, strict=True))
+    h.update(text.encode("utf-8", "surrogateescape"))  # one update: the same bytes, hashed
     params = {**params, "num_shards": count}
     return SplitPlan(name, tuple(entries), tuple(labels), shards, params, h.hexdigest())
