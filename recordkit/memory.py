@@ -16,10 +16,8 @@ holds more of it), so the same lists and options give the same shards with 1 thr
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Iterator
 
 __all__ = [
     "BYTES_PER_PIXEL",
@@ -165,7 +163,9 @@ class MemoryBudget:
         self.total = total
         self.source = source
         self._free = total
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
 
     @classmethod
     def probe(cls) -> MemoryBudget:
@@ -182,17 +182,53 @@ class MemoryBudget:
             f"{format_bytes(self.total)} this process may use{where}"
         )
 
-    @contextlib.contextmanager
-    def hold(self, cost: int) -> Iterator[None]:
-        """Wait until ``cost`` bytes are free (at most the whole budget), hold them, give back."""
+    def hold(self, cost: int) -> _Hold:
+        """Wait until ``cost`` bytes are free (at most the whole budget), hold them, give back.
+
+        Use as ``with budget.hold(cost): ...``.
+        """
+        return _Hold(self, cost)
+
+    def acquire(self, cost: int) -> int:
+        """Wait until ``cost`` bytes (at most the whole budget) are free and take them.
+
+        Returns:
+            The bytes taken, to give back with :meth:`release`.
+        """
         cost = min(max(cost, 0), self.total)
-        with self._cond:
-            while self._free < cost:
-                self._cond.wait()
+        with self._lock:
+            if self._free >= cost and not self._waiting:  # the common case: no waiting
+                self._free -= cost
+                return cost
+            self._waiting += 1
+            try:
+                while self._free < cost:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._free -= cost
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._free += cost
+        return cost
+
+    def release(self, taken: int) -> None:
+        """Give back what :meth:`acquire` returned."""
+        with self._lock:
+            self._free += taken
+            if self._waiting:
                 self._cond.notify_all()
+
+
+class _Hold:
+    """The context manager :meth:`MemoryBudget.hold` returns (a class: thumbnails are held by
+    the tens of thousands per second, where a generator-based one costs more than the rest)."""
+
+    __slots__ = ("_budget", "_cost")
+
+    def __init__(self, budget: MemoryBudget, cost: int) -> None:
+        self._budget = budget
+        self._cost = cost
+
+    def __enter__(self) -> None:
+        self._cost = self._budget.acquire(self._cost)
+
+    def __exit__(self, *exc: object) -> None:
+        self._budget.release(self._cost)

@@ -21,7 +21,14 @@ import stat
 
 from recordkit.errors import RecordkitError
 
-__all__ = ["InputFileError", "InputTooLargeError", "open_regular", "read_regular", "file_kind"]
+__all__ = [
+    "InputFileError",
+    "InputTooLargeError",
+    "file_kind",
+    "open_regular",
+    "open_regular_sized",
+    "read_regular",
+]
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _FLAGS |= getattr(os, "O_BINARY", 0)
@@ -90,6 +97,11 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "file") -> int:
         InputFileError: It does not exist or cannot be opened (``errno`` set), is a FIFO,
             device, socket or directory, or its name has a NUL.
     """
+    return open_regular_sized(path, what=what)[0]
+
+
+def open_regular_sized(path: str | os.PathLike[str], *, what: str = "file") -> tuple[int, int]:
+    """:func:`open_regular`, and the file's size from the same ``fstat``: ``(fd, size)``."""
     try:
         fd = os.open(path, _FLAGS)
     except ValueError:  # embedded NUL byte
@@ -97,7 +109,8 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "file") -> int:
     except OSError as exc:  # missing, permission, a symlink loop, a name too long
         raise InputFileError(path, exc.strerror or str(exc), exc.errno) from None
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
         if not stat.S_ISREG(mode):
             raise InputFileError(
                 path, f"is {file_kind(mode)}; only regular files are read as {what}s"
@@ -107,7 +120,7 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "file") -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st.st_size
 
 
 def read_regular(path: str | os.PathLike[str], *, limit: int, what: str = "file") -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import os
 import pickle
 import random
 import struct
@@ -15,7 +16,7 @@ from crc32c import crc32c
 import recordkit
 from recordkit import Record, ShardReader, ShardWriter
 from recordkit.format import framing
-from recordkit.format.example import decode_example, encode_example
+from recordkit.format.example import decode_example, encode_example, example_parts
 
 # --------------------------------------------------------------------------------------------
 # An independent implementation of the framing spec (DESIGN.md contract 1).
@@ -323,3 +324,93 @@ def test_reader_across_fork(shard):
     # The parent's descriptor is untouched and still works.
     assert r._fd == parent_fd
     assert r[19] == make_record(19)
+
+
+# --------------------------------------------------------------------------------------------
+# The Example written directly (example_parts) against protobuf's own serializer
+
+
+def protobuf_example(record: Record) -> bytes:
+    """What encode_example wrote before: the message built field by field, deterministic."""
+    from recordkit.format import example_pb2
+
+    ex = example_pb2.Example()
+    f = ex.features.feature
+    f["image/encoded"].bytes_list.value.append(record.image)
+    f["image/format"].bytes_list.value.append(record.format.encode())
+    f["image/height"].int64_list.value.append(record.height)
+    f["image/width"].int64_list.value.append(record.width)
+    f["image/channels"].int64_list.value.append(record.channels)
+    f["image/class/label"].int64_list.value.extend(record.labels)
+    f["image/filename"].bytes_list.value.append(record.filename.encode("utf-8", "surrogateescape"))
+    f["image/index"].int64_list.value.append(record.index)
+    if record.text is not None:
+        f["image/class/text"].bytes_list.value.append(
+            record.text.encode("utf-8", "surrogateescape")
+        )
+    return ex.SerializeToString(deterministic=True)
+
+
+def test_example_bytes_equal_protobufs_serializer():
+    rng = random.Random(7)
+    ints = [0, 1, -1, 127, 128, 300, 16383, 16384, 2**21, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+    sizes = [0, 1, 127, 128, 16383, 16384, 70_000, 2**21 + 3]
+    names = ["", "a/b.jpg", "x" * 200, "é/\udcff.png"]
+    texts = [None, "", "cat", "y" * 300, "\udcfe"]
+    for _ in range(3000):
+        n = rng.choice(sizes)
+        rec = Record(
+            image=bytes([rng.getrandbits(8)]) * n,
+            labels=tuple(rng.choice(ints) for _ in range(rng.randint(1, 4))),
+            filename=rng.choice(names),
+            index=rng.choice(ints),
+            format=rng.choice(["jpeg", "png", ""]),
+            height=rng.choice(ints),
+            width=rng.choice(ints),
+            channels=rng.choice(ints),
+            text=rng.choice(texts),
+        )
+        expected = protobuf_example(rec)
+        assert encode_example(rec) == expected
+        head, tail = example_parts(rec)
+        assert head + rec.image + tail == expected
+        assert framing.frame_parts(head, rec.image, tail) == ref_frame(expected)
+
+
+def test_frame_parts_equals_frame_of_the_join():
+    parts = [b"", b"a", bytes(range(256)) * 300, b"\x00" * 5]
+    assert framing.frame_parts(*parts) == ref_frame(b"".join(parts))
+    assert framing.frame_parts() == ref_frame(b"")
+
+
+def test_writer_syncs_in_the_background_and_writes_the_same_bytes(tmp_path, monkeypatch):
+    from recordkit.format import writer as writer_mod
+
+    calls = []
+    monkeypatch.setattr(writer_mod, "_SYNC_EVERY", 1000)
+    monkeypatch.setattr(writer_mod, "_fdatasync", lambda fd: calls.append(os.fstat(fd).st_size))
+    recs = [make_record(i) for i in range(40)]
+    for fsync, name in ((True, "a.tfrecord"), (False, "b.tfrecord")):
+        with ShardWriter(tmp_path / name, fsync=fsync) as w:
+            for r in recs:
+                w.write(r)
+    assert (tmp_path / "a.tfrecord").read_bytes() == (tmp_path / "b.tfrecord").read_bytes()
+    assert calls and all(size > 0 for size in calls)  # it synced what was written so far
+
+
+def test_writer_reports_a_background_sync_failure_at_close(tmp_path, monkeypatch):
+    from recordkit.format import writer as writer_mod
+
+    def fail(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer_mod, "_SYNC_EVERY", 100)
+    monkeypatch.setattr(writer_mod, "_fdatasync", fail)
+    path = tmp_path / "x.tfrecord"
+    w = ShardWriter(path)
+    for i in range(10):
+        w.write(make_record(i))
+    with pytest.raises(OSError, match="Input/output error"):
+        w.close()
+    w.abort()
+    assert not path.exists() and not list(tmp_path.glob("*.tmp"))

@@ -20,8 +20,11 @@ import recordkit
 from recordkit.format.manifest import MANIFEST_NAME
 from recordkit.imaging import ImageOptions
 from recordkit.listing import make_lists
+from recordkit.memory import MemoryBudget
 from recordkit.pack import PackError, pack
-from recordkit.pack import core as pack_core
+from recordkit.pack import pool as pool_mod
+from recordkit.pack import work as pack_work
+from recordkit.pack.work import Job
 from recordkit.verify import verify_shard
 
 
@@ -182,33 +185,38 @@ def test_parts_then_merge_equal_a_single_run(tmp_path, dataset):
     assert shard_bytes(out) == shard_bytes(reference)
 
 
-def test_window_bounds_work_in_flight(monkeypatch):
-    """At most `window` inputs are submitted but not yet consumed, and order is kept."""
+def test_window_bounds_tasks_in_flight_and_keeps_order(monkeypatch):
+    """At most `window` tasks are submitted but not yet consumed, and order is kept."""
     lock = threading.Lock()
-    state = {"submitted": 0, "consumed": 0, "max_ahead": 0}
+    state = {"submitted": 0, "consumed": 0, "max_ahead": 0, "tasks": 0}
 
-    def fake(path: str, image: ImageOptions, *budget: object):
-        time.sleep(0.001 * (int(path) % 3))
-        return None, path, 0
+    def fake(jobs, image, budget, limits=None, defer_above=None):
+        time.sleep(0.001 * (len(jobs) % 3))
+        return [(None, job.path, 0) for job in jobs], 1e-5 * len(jobs)
 
     real_submit = ThreadPoolExecutor.submit
 
     def counting_submit(self, fn, *a, **kw):
         with lock:
-            state["submitted"] += 1
+            state["tasks"] += 1
+            state["submitted"] += len(a[0])
             ahead = state["submitted"] - state["consumed"]
             state["max_ahead"] = max(state["max_ahead"], ahead)
         return real_submit(self, fn, *a, **kw)
 
-    monkeypatch.setattr(pack_core, "_read_and_process", fake)
+    monkeypatch.setattr(pool_mod, "run_task", fake)
     monkeypatch.setattr(ThreadPoolExecutor, "submit", counting_submit)
+    jobs = [Job(str(i), (0,), str(i), i, "c") for i in range(2000)]
     with ThreadPoolExecutor(4) as pool:
         out = []
-        for _, reason, _ in pack_core._ordered(pool, (str(i) for i in range(200)), None, 6):
+        stream = pool_mod.ordered(pool, iter(jobs), len(jobs), None, 6, MemoryBudget(1 << 30))
+        for _, reason, _ in stream:
             state["consumed"] += 1
             out.append(reason)
-    assert out == [str(i) for i in range(200)]
-    assert state["max_ahead"] <= 7  # the window, plus the one just submitted on consume
+    assert out == [str(i) for i in range(2000)]
+    # tasks grow to TASK_IMAGES_MAX images when each takes 10 us (4 ms / 10 us > 256)
+    assert state["tasks"] < 2000 // 100
+    assert state["max_ahead"] <= 7 * pool_mod.TASK_IMAGES_MAX  # the window (+1) of tasks
 
 
 def test_worker_exception_surfaces_with_traceback(monkeypatch, tmp_path):
@@ -217,7 +225,7 @@ def test_worker_exception_surfaces_with_traceback(monkeypatch, tmp_path):
     def boom(data: bytes, image: ImageOptions):
         raise RuntimeError("codec exploded")
 
-    monkeypatch.setattr(pack_core, "process_image", boom)
+    monkeypatch.setattr(pack_work, "process_image", boom)
     out = tmp_path / "shards"
     with pytest.raises(RuntimeError, match="codec exploded") as info:
         pack(prefix, root, opts(out))

@@ -18,10 +18,15 @@ Builds (seeded) or takes an image set, then measures on the same files, best of 
 * ``peak_rss_MB_by_images``: peak RSS of a fresh ``pack`` process for the list and the list
   repeated 5 times (memory must not grow with the number of images).
 
+With ``--case upscale`` or ``--case thumbs`` it measures instead recordkit side by side with
+MXNet's im2rec and the bare codec loop (see ``tools/pack_cases.py``).
+
 Usage::
 
     .venv/bin/python tools/bench_pack.py                       # 300 generated ~100 KB JPEGs
     .venv/bin/python tools/bench_pack.py --images DIR --resize 480 --quality 95 --repeat 3
+    .venv/bin/python tools/bench_pack.py --case thumbs --images DIR --repeat 3 \
+        --im2rec /path/to/im2rec.py --mxnet-python /path/to/mxvenv/bin/python
 """
 
 from __future__ import annotations
@@ -193,14 +198,33 @@ def figures(n: int, mb: float, seconds: float) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, help="image folder (class subfolders); default: make")
-    ap.add_argument("--count", type=int, default=300, help="images to generate")
+    ap.add_argument("--count", type=int, default=0, help="images to generate (0: per case)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resize", type=int, default=480)
     ap.add_argument("--quality", type=int, default=95)
     ap.add_argument("--resample", choices=["fast", "area"], default="fast")
     ap.add_argument("--threads", type=str, default="", help="comma list; default 1..CPUs")
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs per figure")
+    ap.add_argument(
+        "--case",
+        choices=["downscale", "upscale", "thumbs"],
+        default="downscale",
+        help="downscale: the figures below; upscale / thumbs: side by side with im2rec and the "
+        "codec bound (tools/pack_cases.py)",
+    )
+    ap.add_argument("--pack-threads", type=int, default=2, help="threads for upscale / thumbs")
+    ap.add_argument("--im2rec", type=Path, help="MXNet's tools/im2rec.py (upscale / thumbs)")
+    ap.add_argument("--mxnet-python", type=Path, help="a Python that imports mxnet and cv2")
     args = ap.parse_args(argv)
+    if args.case != "downscale":
+        from pack_cases import side_by_side
+
+        work = Path(tempfile.mkdtemp(prefix="bench_pack_"))
+        try:
+            print(json.dumps(side_by_side(args, work), indent=2))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     cpus = default_threads()
     thread_counts = (
@@ -213,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if root is None:
             root = work / "images"
             t = time.perf_counter()
-            make_images(root, args.count, args.seed)
+            make_images(root, args.count or 300, args.seed)
             t_gen = time.perf_counter() - t
         prefix = work / "bench"
         make_lists(prefix, root, recursive=True)

@@ -40,6 +40,8 @@ __all__ = [
     "KEY_TEXT",
     "Record",
     "encode_example",
+    "example_parts",
+    "image_example_parts",
     "decode_example",
     "encode_features",
     "decode_features",
@@ -170,21 +172,167 @@ def decode_features(data: bytes) -> dict[str, FeatureValue]:
 
 
 def encode_example(record: Record) -> bytes:
-    """Serialize a :class:`Record` to ``Example`` bytes (deterministic)."""
-    ex = example_pb2.Example()
-    f = ex.features.feature
-    f[KEY_ENCODED].bytes_list.value.append(record.image)
-    f[KEY_FORMAT].bytes_list.value.append(record.format.encode())
-    f[KEY_HEIGHT].int64_list.value.append(record.height)
-    f[KEY_WIDTH].int64_list.value.append(record.width)
-    f[KEY_CHANNELS].int64_list.value.append(record.channels)
-    f[KEY_LABEL].int64_list.value.extend(record.labels)
+    """Serialize a :class:`Record` to ``Example`` bytes (deterministic).
+
+    The same bytes as building the ``Example`` message and calling
+    ``SerializeToString(deterministic=True)`` (map keys sorted), written directly; see
+    :func:`example_parts`.
+    """
+    head, tail = example_parts(record)
+    return b"".join((head, record.image, tail))
+
+
+def example_parts(record: Record) -> tuple[bytes, bytes]:
+    """The serialized ``Example`` of ``record`` around its image: ``(head, tail)``.
+
+    ``head + record.image + tail`` is :func:`encode_example`'s output, so a writer can frame and
+    checksum the three pieces without copying the image into a protobuf message and out again
+    (``tests/test_format.py`` checks the bytes against protobuf's serializer). See
+    :func:`image_example_parts`.
+    """
+    return image_example_parts(
+        len(record.image),
+        labels=record.labels,
+        filename=record.filename,
+        index=record.index,
+        format=record.format,
+        height=record.height,
+        width=record.width,
+        channels=record.channels,
+        text=record.text,
+    )
+
+
+def image_example_parts(
+    size: int,
+    *,
+    labels: tuple[int, ...],
+    filename: str,
+    index: int,
+    format: str,
+    height: int,
+    width: int,
+    channels: int,
+    text: str | None,
+) -> tuple[bytes, bytes]:
+    """:func:`example_parts` of a record whose image is ``size`` bytes, from its fields.
+
+    Wire format, keys in sorted order as deterministic serialization writes a map:
+    ``Example{1: Features{1: entry per key}}``, ``entry{1: key, 2: Feature}``,
+    ``Feature{1: BytesList{1: bytes...} | 3: Int64List{1: packed varints}}``. The entries that
+    repeat from record to record (channels, label, class name, format, height, width) are
+    built once and reused: the packer writes tens of thousands of thumbnails a second.
+    """
+    key = (channels, labels, text)
+    before = _MEMO.get(key)
+    if before is None:
+        before = _int64_entry(_K_CHANNELS, channels) + _labels_entry(labels)
+        if text is not None:
+            before += _bytes_entry(_K_TEXT, text.encode("utf-8", "surrogateescape"))
+        _remember(key, before)
+    key2 = (format, height, width)
+    parts = _MEMO.get(key2)
+    if parts is None:
+        parts = (
+            _bytes_entry(_K_FORMAT, format.encode()) + _int64_entry(_K_HEIGHT, height),
+            _int64_entry(_K_WIDTH, width),
+        )
+        _remember(key2, parts)
     # a file name that is not UTF-8 (read from a .lst with surrogateescape) keeps its bytes
-    f[KEY_FILENAME].bytes_list.value.append(record.filename.encode("utf-8", "surrogateescape"))
-    f[KEY_INDEX].int64_list.value.append(record.index)
-    if record.text is not None:
-        f[KEY_TEXT].bytes_list.value.append(record.text.encode("utf-8", "surrogateescape"))
-    return ex.SerializeToString(deterministic=True)
+    name = _bytes_entry(_K_FILENAME, filename.encode("utf-8", "surrogateescape"))
+    after = b"".join((name, parts[0], _int64_entry(_K_INDEX, index), parts[1]))
+    value = b"\x0a" + _varint(size)  # BytesList.value
+    blist = b"\x0a" + _varint(len(value) + size)  # Feature.bytes_list
+    feature = b"\x12" + _varint(len(blist) + len(value) + size)  # entry.value
+    body = len(_K_ENCODED) + len(feature) + len(blist) + len(value) + size  # the map entry
+    entry = b"\x0a" + _varint(body)
+    total = len(before) + len(entry) + body + len(after)  # Example.features
+    head = b"".join((b"\x0a", _varint(total), before, entry, _K_ENCODED, feature, blist, value))
+    return head, after
+
+
+_MEMO: dict[tuple[Any, ...], Any] = {}
+_MEMO_MAX = 4096
+
+
+def _remember(key: tuple[Any, ...], value: Any) -> None:
+    if len(_MEMO) >= _MEMO_MAX:  # many distinct classes or sizes: start again
+        _MEMO.clear()
+    _MEMO[key] = value
+
+
+_U64_MASK = (1 << 64) - 1
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (an int64 below 0: add 2**64 first)."""
+    if n < 0x80:
+        return _SMALL[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _key(name: str) -> bytes:
+    raw = name.encode()
+    return b"\x0a" + _varint(len(raw)) + raw  # entry.key
+
+
+def _entry(key: bytes, feature: bytes) -> bytes:
+    body = key + b"\x12" + _varint(len(feature)) + feature  # entry{key, value}
+    return b"\x0a" + _varint(len(body)) + body  # Features.feature
+
+
+def _bytes_entry(key: bytes, value: bytes) -> bytes:
+    item = b"\x0a" + _varint(len(value)) + value  # BytesList.value
+    return _entry(key, b"\x0a" + _varint(len(item)) + item)  # Feature.bytes_list
+
+
+def _labels_entry(values: tuple[int, ...]) -> bytes:
+    packed = b"".join(_varint(v & _U64_MASK) for v in values)
+    # an empty packed field is omitted, as protobuf does
+    ilist = b"\x0a" + _varint(len(packed)) + packed if packed else b""  # Int64List.value
+    return _entry(_K_LABEL, b"\x1a" + _varint(len(ilist)) + ilist)  # Feature.int64_list
+
+
+def _int64_heads(key: bytes) -> list[bytes]:
+    """Per varint length 1..10, the bytes of a one-value int64 entry before the varint."""
+    heads = [b""]
+    for size in range(1, 11):
+        ilist = b"\x0a" + _varint(size)
+        feature = b"\x1a" + _varint(len(ilist) + size)
+        body = len(key) + 1 + len(_varint(len(feature) + len(ilist) + size))
+        body += len(feature) + len(ilist) + size
+        heads.append(
+            b"\x0a" + _varint(body) + key + b"\x12" + _varint(len(feature) + len(ilist) + size)
+            + feature + ilist
+        )  # fmt: skip
+    return heads
+
+
+def _int64_entry(key: bytes, value: int) -> bytes:
+    v = _varint(value & _U64_MASK)
+    return _INT64_HEADS[key][len(v)] + v
+
+
+_K_CHANNELS = _key(KEY_CHANNELS)
+_K_LABEL = _key(KEY_LABEL)
+_K_TEXT = _key(KEY_TEXT)
+_K_ENCODED = _key(KEY_ENCODED)
+_K_FILENAME = _key(KEY_FILENAME)
+_K_FORMAT = _key(KEY_FORMAT)
+_K_HEIGHT = _key(KEY_HEIGHT)
+_K_INDEX = _key(KEY_INDEX)
+_K_WIDTH = _key(KEY_WIDTH)
+_INT64_HEADS = {k: _int64_heads(k) for k in (_K_CHANNELS, _K_LABEL, _K_HEIGHT, _K_INDEX, _K_WIDTH)}
 
 
 def _one(fmap: Any, key: str, kind: str, default: Any) -> Any:

@@ -1,14 +1,12 @@
-"""The packer: plan shards, run read → process_image on a thread pool, write in order."""
+"""The packer: plan shards, run read → process → frame on threads or processes, write in order."""
 
 from __future__ import annotations
 
-import errno
 import glob
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,22 +14,22 @@ from typing import Any
 
 import cv2
 
-from recordkit.format.example import Record
 from recordkit.format.manifest import MANIFEST_NAME, ShardEntry, write_manifest
 from recordkit.format.writer import ShardWriter
-from recordkit.imaging import EncodedImage, ImageError, ImageOptions, probe, process_image
 from recordkit.listing import text_path
-from recordkit.memory import MemoryBudget, decode_cost, format_bytes
+from recordkit.memory import MemoryBudget, format_bytes
 from recordkit.pack.lists import (
     SplitList,
     entry_labels,
     find_lists,
+    join_root,
     load_splits,
     outside_root,
     resolve_classes,
 )
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
 from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
+from recordkit.pack.pool import ProcessWorkers, ordered, start_early
 from recordkit.pack.state import (
     DoneShard,
     StateFile,
@@ -43,7 +41,7 @@ from recordkit.pack.state import (
     state_name,
     write_final_manifest,
 )
-from recordkit.safeio import InputFileError, open_regular
+from recordkit.pack.work import Job
 
 __all__ = ["pack", "Progress"]
 
@@ -51,74 +49,6 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: inputs processed so far by this run, and how many it will process."""
-
-_Outcome = tuple[EncodedImage | None, str | None, int]
-
-
-def _read_and_process(
-    path: str, image: ImageOptions, budget: MemoryBudget | None = None
-) -> _Outcome:
-    """Worker: ``(encoded, None, source bytes)`` or ``(None, reason, source bytes)``.
-
-    Only regular files are read (a ``.lst`` line naming ``/dev/zero`` or a FIFO is skipped,
-    not read without end), and an image is decoded only when its estimated cost fits the
-    memory budget; it waits while other threads' images leave too little of it.
-    """
-    try:
-        fd = open_regular(path, what="image")
-    except InputFileError as exc:
-        if exc.errno == errno.ENOENT:
-            return None, "file not found", 0
-        return None, exc.reason if exc.errno is None else f"cannot read: {exc.reason}", 0
-    budget = budget or MemoryBudget.probe()
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(fd).st_size
-        refusal = budget.refusal(size, f"a file of {size} bytes")
-        if refusal is not None:
-            return None, refusal, 0
-        try:
-            data = f.read(size + 1)  # never more than fstat said, plus one byte to see growth
-        except OSError as exc:
-            return None, f"cannot read: {exc.strerror or exc}", 0
-    if not data:
-        return None, "empty file (0 bytes)", 0
-    if len(data) > size:
-        return None, "the file grew while it was being read", 0
-    try:
-        _, width, height = probe(data)
-        if width * height > image.max_pixels:
-            return process_image(data, image), None, len(data)  # refused before decoding
-        cost = decode_cost(width, height, len(data))
-        refusal = budget.refusal(cost, f"a {width}x{height} image")
-        if refusal is not None:
-            return None, refusal, len(data)
-        with budget.hold(cost):
-            return process_image(data, image), None, len(data)
-    except ImageError as exc:
-        return None, " ".join(str(exc).split()) or type(exc).__name__, len(data)
-
-
-def _ordered(
-    pool: ThreadPoolExecutor,
-    paths: Iterable[str],
-    image: ImageOptions,
-    window: int,
-    budget: MemoryBudget | None = None,
-) -> Iterator[_Outcome]:
-    """Results of ``_read_and_process`` in input order, with at most ``window`` in flight."""
-    it = iter(paths)
-    pending: deque[Future[_Outcome]] = deque()
-    for path in it:
-        pending.append(pool.submit(_read_and_process, path, image, budget))
-        if len(pending) >= window:
-            break
-    while pending:
-        fut = pending.popleft()
-        result = fut.result()  # a worker's exception surfaces here, with its traceback
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(_read_and_process, nxt, image, budget))
-        yield result
 
 
 @dataclass
@@ -205,6 +135,15 @@ def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneSha
     return {}
 
 
+def _start_early(root: str, splits: list[SplitList], opts: PackOptions) -> ProcessWorkers | None:
+    """Worker processes started now when a sample of 16 inputs says thumbnails (see
+    :func:`recordkit.pack.pool.start_early`); they exit when dropped unused."""
+    entries = [e for s in splits for e in s.entries]
+    n = len(entries)
+    sample = [os.path.join(root, entries[k * n // 16].path) for k in range(min(n, 16))]
+    return start_early(opts.pool, opts.threads, n, sample, opts.image)
+
+
 def _write_shards(
     tasks: list[_Task],
     root: str,
@@ -212,10 +151,17 @@ def _write_shards(
     opts: PackOptions,
     progress: Progress | None,
     stats: _Stats,
+    early: ProcessWorkers | None = None,
 ) -> None:
     total = sum(t.shard.stop - t.shard.start for t in tasks)
-    paths = (
-        os.path.join(root, t.plan.entries[j].path)
+    jobs = (
+        Job(
+            join_root(root, t.plan.entries[j].path),
+            t.plan.labels[j],
+            t.plan.entries[j].path.replace(os.sep, "/"),
+            t.plan.entries[j].index,
+            classes[t.plan.labels[j][0]],
+        )
         for t in tasks
         for j in range(t.shard.start, t.shard.stop)
     )
@@ -228,18 +174,29 @@ def _write_shards(
     # oversubscribe the cores (and made 1 thread look faster than it is). Restored below.
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    stream = None
     try:
-        stream = _ordered(pool, paths, opts.image, opts.in_flight, budget)
+        stream = ordered(
+            pool,
+            jobs,
+            total,
+            opts.image,
+            opts.in_flight,
+            budget,
+            mode=opts.pool,
+            processes=opts.threads,
+            workers=early,
+        )
         for task in tasks:
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
             with ShardWriter(opts.out / shard.file, fsync=opts.fsync) as writer:
                 for j in range(shard.start, shard.stop):
-                    enc, reason, nbytes = next(stream)
+                    framed, reason, nbytes = next(stream)
                     entry = plan.entries[j]
                     stats.images += 1
                     stats.bytes_in += nbytes
-                    if enc is None:
+                    if framed is None:
                         assert reason is not None
                         if opts.strict:
                             where = text_path(os.path.join(root, entry.path))
@@ -247,20 +204,7 @@ def _write_shards(
                         logger.info("skipping %s: %s", text_path(entry.path), reason)
                         skipped.append((text_path(entry.path.replace(os.sep, "/")), reason))
                     else:
-                        labels = plan.labels[j]
-                        writer.write(
-                            Record(
-                                image=enc.data,
-                                labels=labels,
-                                filename=entry.path.replace(os.sep, "/"),
-                                index=entry.index,
-                                format=enc.format,
-                                height=enc.height,
-                                width=enc.width,
-                                channels=enc.channels,
-                                text=classes[labels[0]],
-                            )
-                        )
+                        writer.write_framed(framed)
                     if progress is not None:
                         progress(stats.images, total)
             info = writer.info
@@ -275,6 +219,10 @@ def _write_shards(
             )
             task.state.add(shard.number, DoneShard(done, tuple(skipped)))
     finally:
+        if stream is not None:
+            stream.close()
+        if early is not None:  # never iterated (nothing to pack), or closed above already
+            early.close(kill=True)
         pool.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(cv2_threads)
 
@@ -318,6 +266,7 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
+    early = None if opts.merge else _start_early(root_s, splits, opts)
     classes, from_dirs = resolve_classes(splits, opts.pack_label)
     out = opts.out
     try:
@@ -338,7 +287,13 @@ def pack(
     extras = {
         p.name: {"lists": [f.name for f in s.files]} for p, s in zip(plans, splits, strict=True)
     }
-    outside = _outside_root(root_s, splits, opts.strict)
+    if opts.strict or opts.merge:  # needed now: --strict refuses before packing
+        outside = _outside_root(root_s, splits, opts.strict)
+        checked: Future[dict[str, list[dict[str, Any]]]] | None = None
+    else:  # only the manifest needs it: an lstat walk that runs while the images are packed
+        checker = ThreadPoolExecutor(1, thread_name_prefix="recordkit-outside")
+        checked = checker.submit(_outside_root, root_s, splits, False)
+        checker.shutdown(wait=False)
 
     if opts.merge:
         return _merge(out, plans, classes, from_dirs, extras, outside, t0)
@@ -368,7 +323,9 @@ def pack(
             )
 
     stats = _Stats()
-    _write_shards(tasks, root_s, classes, opts, progress, stats)
+    _write_shards(tasks, root_s, classes, opts, progress, stats, early)
+    if checked is not None:
+        outside = checked.result()
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []

@@ -137,6 +137,10 @@ def entry_labels(entry: ListEntry, pack_label: bool, source: str) -> tuple[int, 
     Raises:
         PackError: A stored label is not a non-negative integer.
     """
+    if not pack_label or len(entry.labels) == 1:  # the common case, quickly
+        v = entry.labels[0]
+        if isinstance(v, float) and v >= 0 and v.is_integer():
+            return (int(v),)
     values = entry.labels if pack_label else entry.labels[:1]
     out = []
     for v in values:
@@ -182,31 +186,36 @@ def outside_root(root: str, entries: Sequence[ListEntry]) -> list[tuple[int, str
     im2rec packs a ``.lst`` path such as ``../x.jpg``, ``/etc/x.jpg`` or a symlink to a file
     elsewhere without a word; recordkit packs them too but names them. A path is outside when
     it is absolute, when ``..`` leads out of ``root``, or when its real location (symlinks
-    resolved) is not under ``root``'s. Costs one ``lstat`` per entry and one ``realpath`` per
-    directory.
+    resolved) is not under ``root``'s. Costs one ``realpath`` and one ``scandir`` per directory
+    (which says which names are symlinks), and an ``lstat`` only for names it did not list.
     """
     real_root = os.path.realpath(root)
     inside = real_root.rstrip(os.sep) + os.sep
     real_dirs: dict[str, str] = {}
+    links: dict[str, dict[str, bool]] = {}
     found: list[tuple[int, str]] = []
     for k, entry in enumerate(entries):
         path = entry.path
         if os.path.isabs(path):
             found.append((k, "an absolute path"))
             continue
-        norm = os.path.normpath(path)
-        if norm == os.pardir or norm.startswith(os.pardir + os.sep):
-            found.append((k, "'..' leads out of ROOT"))
-            continue
-        full = os.path.join(root, path)
-        parent = os.path.dirname(full)
+        if os.pardir in path:
+            norm = os.path.normpath(path)
+            if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+                found.append((k, "'..' leads out of ROOT"))
+                continue
+        full = join_root(root, path)
+        parent, name = os.path.split(full)
         real_parent = real_dirs.get(parent)
         if real_parent is None:
             real_parent = real_dirs[parent] = os.path.realpath(parent)
-        try:
-            is_link = stat.S_ISLNK(os.lstat(full).st_mode)
-        except (OSError, ValueError):
-            continue  # missing or unreadable: the packer skips it with its own reason
+            links[parent] = _symlinks(parent)
+        is_link = links[parent].get(name)
+        if is_link is None:  # not listed: a name scandir spells differently, or unreadable
+            try:
+                is_link = stat.S_ISLNK(os.lstat(full).st_mode)
+            except (OSError, ValueError):
+                continue  # missing or unreadable: the packer skips it with its own reason
         real = (
             os.path.realpath(full) if is_link else os.path.join(real_parent, os.path.basename(full))
         )
@@ -214,3 +223,20 @@ def outside_root(root: str, entries: Sequence[ListEntry]) -> list[tuple[int, str
             how = "a symlink" if is_link else "a symlinked directory"
             found.append((k, f"{how} leads out of ROOT"))
     return found
+
+
+def _symlinks(directory: str) -> dict[str, bool]:
+    """``{name: is a symlink}`` for the entries of ``directory`` (from ``d_type``, no ``stat``
+    per file where the file system fills it in); empty when it cannot be listed."""
+    try:
+        with os.scandir(directory) as it:
+            return {e.name: e.is_symlink() for e in it}
+    except (OSError, ValueError):
+        return {}
+
+
+def join_root(root: str, path: str) -> str:
+    """``os.path.join(root, path)`` for a relative ``path``, without its per-call cost."""
+    if os.altsep or os.path.isabs(path) or not root:
+        return os.path.join(root, path)
+    return root + path if root.endswith(os.sep) else f"{root}{os.sep}{path}"

@@ -47,8 +47,15 @@ class PackOptions:
             ``--list`` file without ``_train`` / ``_val`` / ``_test``).
         lists: Pack these ``.lst`` files instead of discovering ``PREFIX*.lst``.
         pack_label: Store every label of a multi-label line (else only the first, as im2rec).
-        threads: Worker threads doing read → decode → resize → encode.
-        window: Most images in flight at once (0: ``4 * threads``); bounds memory.
+        threads: Workers doing read → decode → resize → encode: threads, or as many worker
+            processes where ``pool`` chooses them.
+        pool: ``"auto"`` (default): threads, and worker processes for the rest of a pack once
+            the images prove small (thumbnails, where two threads do no more than one: see
+            :mod:`recordkit.pack.pool`); ``"threads"`` or ``"processes"`` to choose. The bytes
+            written are the same either way.
+        window: Most tasks in flight at once (0: ``4 * threads``); bounds memory. A task is a
+            run of consecutive images (one photograph, dozens of thumbnails) whose records a
+            worker returns once they reach 1 MiB.
         shard_size: Records per shard; when set, ``shard_bytes`` is ignored.
         shard_bytes: Target bytes per shard, estimated from the source files before writing.
         overwrite: Replace a split that is already packed (or half-packed) in ``out``.
@@ -73,6 +80,7 @@ class PackOptions:
     lists: tuple[Path, ...] = ()
     pack_label: bool = False
     threads: int = field(default_factory=default_threads)
+    pool: str = "auto"
     window: int = 0
     shard_size: int | None = None
     shard_bytes: int = DEFAULT_SHARD_BYTES
@@ -89,6 +97,8 @@ class PackOptions:
         object.__setattr__(self, "lists", tuple(Path(p) for p in self.lists))
         if self.threads < 1:
             raise PackError(f"threads must be at least 1, got {self.threads}")
+        if self.pool not in ("auto", "threads", "processes"):
+            raise PackError(f"pool must be auto, threads or processes, got {self.pool!r}")
         if self.window < 0:
             raise PackError(f"window must be >= 0, got {self.window}")
         if self.shard_size is not None and self.shard_size < 1:

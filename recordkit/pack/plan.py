@@ -19,6 +19,7 @@ from typing import Any
 from recordkit.errors import RecordkitError
 from recordkit.imaging import ImageOptions
 from recordkit.listing import ListEntry
+from recordkit.pack.lists import join_root
 from recordkit.pack.options import PackOptions
 from recordkit.safeio import open_regular
 
@@ -153,7 +154,7 @@ def plan_split(
     if opts.shard_size:
         count = math.ceil(n_entries / opts.shard_size)
     else:
-        paths = [os.path.join(root, e.path) for e in entries]
+        paths = [join_root(root, e.path) for e in entries]
         est = estimate_output_bytes(paths, opts.image, opts.threads)
         count = max(1, math.ceil(est / opts.shard_bytes))
         logger.info("split %s: ~%d output bytes -> %d shard(s)", name, est, count)
@@ -165,7 +166,7 @@ def plan_split(
     params = pack_params(opts)
     h = hashlib.sha256()
     h.update(json.dumps([name, params, count, list(classes)], sort_keys=True).encode())
-    for e, lab in zip(entries, labels, strict=True):
-        h.update(f"\n{e.index}\t{lab}\t{e.path}".encode("utf-8", "surrogateescape"))
+    text = "".join(f"\n{e.index}\t{lab}\t{e.path}" for e, lab in zip(entries, labels, strict=True))
+    h.update(text.encode("utf-8", "surrogateescape"))  # one update: the same bytes, hashed
     params = {**params, "num_shards": count}
     return SplitPlan(name, tuple(entries), tuple(labels), shards, params, h.hexdigest())
