@@ -63,6 +63,7 @@ DEFAULT_EXTS: tuple[str, ...] = (".jpeg", ".jpg", ".png")
 MAX_LIST_BYTES = 1 << 34
 """The largest ``.lst`` file read (16 GiB, some 300 million lines)."""
 
+_WRITE_BLOCK_LINES = 1 << 16
 _SHUFFLE_SEED = 100  # im2rec: random.seed(100)
 _FORBIDDEN_PATH_CHARS = ("\t", "\n", "\r")
 
@@ -169,56 +170,89 @@ def _check_root(root: str) -> None:
         raise ListError(f"not a directory: {root}")
 
 
-def _walk_recursive(root: str, exts: frozenset[str]) -> tuple[list[ListEntry], list[str]]:
-    entries: list[ListEntry] = []
-    cat: dict[str, int] = {}
-    # Real paths of the directories from root down to each walked directory, to stop symlink
-    # cycles (im2rec has no such guard and recurses until ELOOP / ENAMETOOLONG).
-    chains: dict[str, frozenset[str]] = {root: frozenset((os.path.realpath(root),))}
-
-    def onerror(err: OSError) -> None:
-        logger.warning("skipping unreadable directory %s: %s", err.filename, err.strerror)
-
-    for path, dirs, files in os.walk(root, onerror=onerror, followlinks=True):
-        dirs.sort()
-        files.sort()
-        chain = chains.pop(path, frozenset())
-        kept: list[str] = []
-        for d in dirs:
-            real = os.path.realpath(os.path.join(path, d))
-            if real in chain:
-                logger.warning(
-                    "not following %s: symlink cycle back to %s", os.path.join(path, d), real
-                )
-                continue
-            kept.append(d)
-            chains[os.path.join(path, d)] = chain | {real}
-        dirs[:] = kept
-        for fname in files:
-            fpath = os.path.join(path, fname)
-            suffix = os.path.splitext(fname)[1].lower()
-            if suffix in exts and os.path.isfile(fpath):
-                if path not in cat:
-                    cat[path] = len(cat)
-                entries.append(
-                    ListEntry(len(entries), (float(cat[path]),), os.path.relpath(fpath, root))
-                )
-    classes = [os.path.relpath(k, root) for k, _ in sorted(cat.items(), key=lambda x: x[1])]
-    return entries, classes
+def _suffix_matches(name: str, exts: frozenset[str]) -> bool:
+    """``os.path.splitext(name)[1].lower() in exts`` without the call overhead (names have no
+    separator): the suffix starts at the last dot, unless only dots precede it."""
+    dot = name.rfind(".")
+    if dot <= 0 or name[dot:].lower() not in exts:
+        return False
+    return name[0] != "." or bool(name[:dot].strip("."))
 
 
-def _walk_flat(root: str, exts: frozenset[str]) -> tuple[list[ListEntry], list[str]]:
+def _scan_dir(
+    path: str, exts: frozenset[str], want_dirs: bool
+) -> tuple[list[str], list[str]] | None:
+    """Sorted matching regular-file names and (if ``want_dirs``) sorted directory names in
+    ``path``, classified as ``os.walk(followlinks=True)`` + ``os.path.isfile`` do, but from each
+    ``DirEntry``'s ``d_type`` (a stat only for symlinks and file systems without ``d_type``).
+    ``None`` if the directory cannot be read (logged; ``os.walk`` skips it the same way)."""
+    files: list[str] = []
+    dirs: list[str] = []
     try:
-        names = sorted(os.listdir(root))
+        with os.scandir(path) as it:
+            for entry in it:
+                name = entry.name
+                if _suffix_matches(name, exts):
+                    try:
+                        if entry.is_file():
+                            files.append(name)
+                            continue
+                    except OSError:
+                        pass
+                if want_dirs:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        dirs.append(name)
     except OSError as err:
-        raise ListError(f"cannot read directory {root}: {err.strerror}") from err
-    entries: list[ListEntry] = []
-    for fname in names:
-        fpath = os.path.join(root, fname)
-        suffix = os.path.splitext(fname)[1].lower()
-        if suffix in exts and os.path.isfile(fpath):
-            entries.append(ListEntry(len(entries), (0.0,), os.path.relpath(fpath, root)))
-    return entries, (["."] if entries else [])
+        if not want_dirs:  # the flat listing of ROOT itself
+            raise ListError(f"cannot read directory {path}: {err.strerror}") from err
+        logger.warning("skipping unreadable directory %s: %s", path, err.strerror)
+        return None
+    files.sort()
+    dirs.sort()
+    return files, dirs
+
+
+def _scan_recursive(root: str, exts: frozenset[str]) -> list[tuple[str, list[str]]]:
+    """Image-holding directories in ``os.walk(root, followlinks=True)`` order (dirs sorted), as
+    ``(relative path, sorted image names)``; the position is the label."""
+    groups: list[tuple[str, list[str]]] = []
+    sep = os.sep
+    # (walk path, path relative to root, real paths of the directory chain down to it): the
+    # chain stops symlink cycles (im2rec has no such guard and recurses until ELOOP).
+    stack: list[tuple[str, str, frozenset[str]]] = [
+        (root, ".", frozenset((os.path.realpath(root),)))
+    ]
+    while stack:
+        path, rel, chain = stack.pop()
+        found = _scan_dir(path, exts, want_dirs=True)
+        if found is None:
+            continue
+        files, dirs = found
+        if files:
+            groups.append((rel, files))
+        children = []
+        for d in dirs:
+            child = os.path.join(path, d)
+            real = os.path.realpath(child)
+            if real in chain:
+                logger.warning("not following %s: symlink cycle back to %s", child, real)
+                continue
+            # == os.path.relpath(child, root): `d` is one plain name component.
+            children.append((child, d if rel == "." else rel + sep + d, chain | {real}))
+        stack.extend(reversed(children))
+    return groups
+
+
+def _scan(root: str, exts: frozenset[str], recursive: bool) -> list[tuple[str, list[str]]]:
+    _check_root(root)
+    if recursive:
+        return _scan_recursive(root, exts)
+    files = _scan_dir(root, exts, want_dirs=False)[0]  # type: ignore[index]  # raises instead
+    return [(".", files)] if files else []
 
 
 def list_images(
@@ -249,12 +283,16 @@ def list_images(
     Raises:
         ListError: If ``root`` does not exist or is not a directory, or ``exts`` is empty.
     """
-    root_s = os.fsdecode(root)
-    ext_set = frozenset(normalize_exts(exts))
-    _check_root(root_s)
-    if recursive:
-        return _walk_recursive(root_s, ext_set)
-    return _walk_flat(root_s, ext_set)
+    groups = _scan(os.fsdecode(root), frozenset(normalize_exts(exts)), recursive)
+    sep = os.sep
+    entries: list[ListEntry] = []
+    for label, (rel, names) in enumerate(groups):
+        prefix = "" if rel == "." else rel + sep
+        base = len(entries)
+        entries.extend(
+            ListEntry(base + i, (float(label),), prefix + n) for i, n in enumerate(names)
+        )
+    return entries, [rel for rel, _ in groups]
 
 
 def format_class_table(classes: Sequence[str]) -> str:
@@ -288,6 +326,25 @@ def _format_line(entry: ListEntry) -> str:
     return line + entry.path + "\n"
 
 
+def _format_lines(groups: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """The ``.lst`` lines of :func:`_scan`'s groups, numbered in walk order: one string per
+    image and no other per-image object (a shuffle of lines is the shuffle of entries)."""
+    lines: list[str] = []
+    sep = os.sep
+    for label, (rel, names) in enumerate(groups):
+        prefix = "" if rel == "." else rel + sep
+        joined = prefix + "".join(names)
+        for ch in _FORBIDDEN_PATH_CHARS:
+            if ch in joined:
+                bad = next(prefix + n for n in names if ch in prefix + n)
+                raise ListError(f"cannot write {bad!r} to a .lst file: the path contains {ch!r}")
+        # '%d\t%f\t%s\n' as im2rec writes it, with the label part formatted once per class.
+        head = "\t%f\t%s" % (label, prefix)  # noqa: UP031
+        base = len(lines)
+        lines.extend([f"{base + i}{head}{name}\n" for i, name in enumerate(names)])
+    return lines
+
+
 def _atomic_write_lines(path: str, lines: Iterable[str]) -> int:
     """Write ``lines`` to ``path`` via a temporary file in the same directory + ``os.replace``.
 
@@ -310,9 +367,11 @@ def _atomic_write_lines(path: str, lines: Iterable[str]) -> int:
     n = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            for line in lines:
-                f.write(line)
-                n += 1
+            if not isinstance(lines, list):
+                lines = list(lines)
+            n = len(lines)
+            for start in range(0, n, _WRITE_BLOCK_LINES):
+                f.write("".join(lines[start : start + _WRITE_BLOCK_LINES]))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -553,7 +612,9 @@ def make_lists(
     root_s = os.fsdecode(root)
     prefix_s = os.fsdecode(prefix)
 
-    image_list, classes = list_images(root_s, recursive=recursive, exts=ext_tuple)
+    groups = _scan(root_s, frozenset(ext_tuple), recursive)
+    classes = [rel for rel, _ in groups]
+    image_list = _format_lines(groups)
     if not image_list:
         raise ListError(_no_images_message(root_s, ext_tuple, recursive))
     out_dir = os.path.dirname(prefix_s) or "."
@@ -569,10 +630,11 @@ def make_lists(
     files: dict[str, Path] = {}
     counts: dict[str, int] = {}
 
-    def emit(chunk_tag: str, role: str, suffix: str, part: list[ListEntry]) -> None:
+    def emit(chunk_tag: str, role: str, suffix: str, part: list[str]) -> None:
         file_path = prefix_s + chunk_tag + suffix
         key = f"{chunk_tag[1:]}_{role}" if chunk_tag else role
-        counts[key] = _write_list_count(file_path, part)
+        counts[key] = _atomic_write_lines(file_path, part)
+        logger.debug("wrote %d entries to %s", counts[key], file_path)
         files[key] = Path(file_path)
 
     for i in range(chunks):
