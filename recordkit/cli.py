@@ -109,7 +109,8 @@ def main(verbose: int) -> None:
     "--exts",
     default=".jpeg,.jpg,.png",
     show_default=True,
-    help="Comma-separated extensions, matched case-insensitively (im2rec: case-sensitive).",
+    help="Comma-separated extensions, matched case-insensitively (im2rec lower-cases the file's "
+    "suffix but not --exts itself).",
 )
 @click.option(
     "--chunks",
@@ -526,8 +527,19 @@ def pack_cmd(
         strict=strict,
         memory=memory,
     )
-    with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
-        result = pack(prefix, root, options, progress=_bar_callback(bar))
+    from recordkit.errors import DiskFullError
+
+    try:
+        with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
+            result = pack(prefix, root, options, progress=_bar_callback(bar))
+    except DiskFullError as exc:
+        again = "rerun the same command" if merge else "rerun the same command with --resume"
+        raise click.ClickException(
+            one_line(
+                f"{exc} (output directory {out}); its temporary files are removed and finished "
+                f"shards kept: free some space, then {again} to continue"
+            )
+        ) from None
     if not quiet:
         for what, items in (("skipped", result.skipped), ("outside ROOT", result.outside_root)):
             for s in items[:20]:

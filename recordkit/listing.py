@@ -10,8 +10,9 @@ A ``.lst`` line is ``index<TAB>label[<TAB>label...]<TAB>path`` with each label f
 
 Differences from im2rec, all deliberate:
 
-* Extensions are matched case-insensitively (``x.JPG`` is an image) and may be given with or
-  without the leading dot.
+* The configured extensions are lower-cased too and may be given with or without the leading
+  dot. (Both tools lower-case the file's suffix, so ``x.JPG`` is an image for both with the
+  default extensions; im2rec's ``--exts .JPG`` matches nothing.)
 * Options are validated up front (ratios in ``[0, 1]``, ``chunks >= 1``, at least one image);
   problems raise :class:`ListError` instead of writing empty or meaningless lists.
 * Each file is written atomically (temporary file in the same directory, then ``os.replace``),
