@@ -181,3 +181,16 @@ def test_real_full_tmpfs(tmp_path, dataset):
     line = error_line(proc.stderr)
     assert "No space left on device while writing" in line and "--resume" in line
     assert ".tmp" not in proc.stdout.split("rc=1", 1)[1], proc.stdout
+
+
+def test_disk_full_while_writing_an_index(tmp_path, monkeypatch):
+    from recordkit.errors import DiskFullError
+    from recordkit.format.index import write_index
+
+    idx = tmp_path / "a.idx"
+    idx.write_text("old\n")
+    monkeypatch.setattr(atomic_mod, "open", Disk(10).open, raising=False)
+    with pytest.raises(DiskFullError, match=f"No space left on device while writing {idx}"):
+        write_index([(i * 100, 100) for i in range(50)], idx)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.idx"]
+    assert idx.read_text() == "old\n"  # untouched
