@@ -109,7 +109,8 @@ def main(verbose: int) -> None:
     "--exts",
     default=".jpeg,.jpg,.png",
     show_default=True,
-    help="Comma-separated extensions, in any case, dot optional (im2rec: lowercase with dot).",
+    help="Comma-separated extensions, matched case-insensitively (im2rec lower-cases the file's "
+    "suffix but not --exts itself).",
 )
 @click.option(
     "--chunks",
@@ -420,15 +421,6 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
     default=None,
     help="Worker threads (im2rec: --num-thread). [default: the CPUs this process may use]",
 )
-@click.option(
-    "--pool",
-    type=click.Choice(["auto", "threads", "processes"]),
-    default="auto",
-    show_default=True,
-    help="Run the workers as threads, or as processes (faster for thumbnails, where Python "
-    "rather than the codec is the work); auto moves to processes once the images prove small. "
-    "The shards are the same either way.",
-)
 @_shard_options("Target shard size, estimated from the source files and --resize before writing.")
 @click.option(
     "--resume",
@@ -473,7 +465,6 @@ def pack_cmd(
     pass_through: bool,
     pack_label: bool,
     threads: int | None,
-    pool: str,
     shard_size: int | None,
     shard_bytes: int,
     overwrite: bool,
@@ -527,7 +518,6 @@ def pack_cmd(
         lists=lists,
         pack_label=pack_label,
         threads=threads or default_threads(),
-        pool=pool,
         shard_size=shard_size,
         shard_bytes=shard_bytes,
         overwrite=overwrite,
@@ -537,8 +527,19 @@ def pack_cmd(
         strict=strict,
         memory=memory,
     )
-    with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
-        result = pack(prefix, root, options, progress=_bar_callback(bar))
+    from recordkit.errors import DiskFullError
+
+    try:
+        with _progress_bar(0, "img", "pack", quiet=quiet) as bar:
+            result = pack(prefix, root, options, progress=_bar_callback(bar))
+    except DiskFullError as exc:
+        again = "rerun the same command" if merge else "rerun the same command with --resume"
+        raise click.ClickException(
+            one_line(
+                f"{exc} (output directory {out}); its temporary files are removed and finished "
+                f"shards kept: free some space, then {again} to continue"
+            )
+        ) from None
     if not quiet:
         for what, items in (("skipped", result.skipped), ("outside ROOT", result.outside_root)):
             for s in items[:20]:

@@ -6,6 +6,7 @@ reads as one line; the CLI prints it as ``Error: <message>`` and exits non-zero.
 
 from __future__ import annotations
 
+import errno
 import os
 
 __all__ = [
@@ -13,7 +14,13 @@ __all__ = [
     "CorruptRecordError",
     "IndexMismatchError",
     "ManifestError",
+    "DiskFullError",
+    "is_disk_full",
 ]
+
+_DISK_FULL = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None
+)
 
 
 class RecordkitError(Exception):
@@ -42,3 +49,25 @@ class IndexMismatchError(CorruptRecordError):
 
 class ManifestError(RecordkitError):
     """A shard directory's manifest is missing, unreadable, newer than this code, or wrong."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``OSError`` saying the file system (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+class DiskFullError(RecordkitError):
+    """The disk (or quota) filled up while ``path`` was being written.
+
+    Raised once the half-written temporary file is removed; files finished before are left
+    as they were.
+
+    Attributes:
+        path: The file that was being written (its final name).
+        strerror: The operating system's wording (``No space left on device``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], strerror: str | None = None) -> None:
+        self.path = os.fspath(path)
+        self.strerror = strerror or os.strerror(errno.ENOSPC)
+        super().__init__(f"{self.strerror} while writing {self.path}")

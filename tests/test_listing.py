@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from recordkit import listing
 from recordkit.listing import (
     DEFAULT_EXTS,
     ListEntry,
@@ -262,6 +263,24 @@ def test_random_instance_matches_global_seed_shuffle() -> None:
             assert got == expected, n
     finally:
         random.setstate(state)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 8, 9, 255, 256, 257, 1023, 1024, 1025, 70001])
+def test_inlined_shuffle_is_randoms_shuffle(n: int, monkeypatch) -> None:
+    expected = list(range(n))
+    random.Random(100).shuffle(expected)
+    got = list(range(n))
+    listing._shuffle_inline(got, random.Random(100))
+    assert got == expected
+    got = list(range(n))
+    listing._im2rec_shuffle(got)
+    assert got == expected
+    # a Python whose shuffle differed would be caught and served by random.shuffle itself
+    monkeypatch.setattr(listing, "_inline_shuffle_ok", None)
+    monkeypatch.setattr(listing, "_shuffle_inline", lambda x, rng: x.reverse())
+    got = list(range(n))
+    listing._im2rec_shuffle(got)
+    assert got == expected and listing._inline_shuffle_ok is False
 
 
 def test_make_lists_leaves_global_random_state_alone(tree: Path, out: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from recordkit.errors import DiskFullError, is_disk_full
+
 __all__ = ["atomic_write_text"]
 
 
@@ -13,6 +15,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DiskFullError: The disk filled up (the temporary file is removed, ``path`` untouched).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -22,7 +27,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(path, getattr(exc, "strerror", None)) from exc
         raise
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from recordkit.errors import DiskFullError, is_disk_full
 from recordkit.format import framing
 from recordkit.format.example import Record, example_parts
 from recordkit.format.index import index_path_for
@@ -49,7 +51,9 @@ class ShardWriter:
 
     Both files are written as ``<name>.tmp`` and renamed on :meth:`close`: the index first,
     then the data file, so a ``.tfrecord`` that exists is complete and has its index. If the
-    ``with`` block raises, the temporary files are removed and nothing is renamed.
+    ``with`` block raises, the temporary files are removed and nothing is renamed; a full disk
+    (``ENOSPC``/``EDQUOT``) comes out of the block as :class:`~recordkit.errors.DiskFullError`
+    naming the shard.
 
     Example:
         >>> with ShardWriter("shards/train-00000-of-00001.tfrecord") as w:  # doctest: +SKIP
@@ -196,7 +200,8 @@ class ShardWriter:
         self._join_syncer()  # before its descriptor is closed (and perhaps reused)
         for f in (self._idx, self._f):
             if f is not None:
-                f.close()
+                with contextlib.suppress(OSError):  # a failing flush (disk full) still closes
+                    f.close()
         for p in (self._tmp, self._idx_tmp):
             if p is not None:
                 p.unlink(missing_ok=True)
@@ -211,9 +216,18 @@ class ShardWriter:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except OSError as err:
+                self.abort()
+                if is_disk_full(err):
+                    raise DiskFullError(self.path, err.strerror) from err
+                raise
         else:
             self.abort()
+            if exc is not None and is_disk_full(exc):
+                # Only a write can fill the disk: name the shard (its temporary files are gone).
+                raise DiskFullError(self.path, getattr(exc, "strerror", None)) from exc
 
     def __del__(self) -> None:  # never leave descriptors behind; do not rename
         if not getattr(self, "_closed", True):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.classmap import existing_manifest, merge_classes
+from recordkit.errors import DiskFullError, is_disk_full
 from recordkit.format.manifest import (
     Manifest,
     ShardEntry,
@@ -115,8 +116,10 @@ class StateFile:
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise DiskFullError(self.path, getattr(exc, "strerror", None)) from exc
             raise
 
 
