@@ -195,15 +195,24 @@ def run(factory: Any, epochs: int, warmup: int) -> tuple[Window, Window]:
 
 
 def summarize(runs: list[tuple[Window, Window]]) -> dict[str, Any]:
-    """Medians over repeats: images/s, CPU µs per image, images/s per core (CPU-second)."""
+    """Medians over repeats: images/s, CPU µs per image, images/s per core (CPU-second).
+
+    A window without images (an epoch no longer than ``--warmup`` batches) gives ``None``.
+    """
+
+    def med(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
     out: dict[str, Any] = {}
     for k, key in enumerate(("steady", "epoch")):
-        wins = [r[k] for r in runs]
-        out[f"{key}_images_per_sec"] = round(statistics.median(n / w for n, w, _ in wins), 1)
-        out[f"{key}_cpu_us_per_image"] = round(statistics.median(1e6 * c / n for n, _, c in wins))
-    out["images_per_core_sec"] = round(1e6 / out["steady_cpu_us_per_image"], 1)
+        wins = [r[k] for r in runs if r[k][0] > 0]
+        rate, cpu = med([n / w for n, w, _ in wins]), med([1e6 * c / n for n, _, c in wins])
+        out[f"{key}_images_per_sec"] = None if rate is None else round(rate, 1)
+        out[f"{key}_cpu_us_per_image"] = None if cpu is None else round(cpu)
+    cpu = out["steady_cpu_us_per_image"] or out["epoch_cpu_us_per_image"]
+    out["images_per_core_sec"] = round(1e6 / cpu, 1) if cpu else None
     out["runs"] = [[round(r[k][0] / r[k][1], 1) for k in (0, 1)] for r in runs]
-    out["runs_cpu_us"] = [[round(1e6 * r[k][2] / r[k][0]) for k in (0, 1)] for r in runs]
+    out["runs_cpu_us"] = [[round(1e6 * r[k][2] / max(1, r[k][0])) for k in (0, 1)] for r in runs]
     return out
 
 
@@ -424,10 +433,12 @@ def main_rrc480(a: argparse.Namespace) -> dict[str, Any]:
         if base and not name.startswith("mxnet"):
             for k in ("steady", "epoch"):
                 key = f"{k}_images_per_sec"
-                r[f"{k}_vs_mxnet"] = round(r[key] / base[key], 2)
-            r["cpu_vs_mxnet"] = round(
-                base["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
-            )
+                if r[key] and base[key]:
+                    r[f"{k}_vs_mxnet"] = round(r[key] / base[key], 2)
+            if r["steady_cpu_us_per_image"] and base["steady_cpu_us_per_image"]:
+                r["cpu_vs_mxnet"] = round(
+                    base["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
+                )
     info = {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
     return {"case": "rrc480", "pack": info, "results": results}
 
@@ -509,7 +520,8 @@ def main() -> None:
             for r in results.values():
                 for k in ("steady", "epoch"):
                     key = f"{k}_images_per_sec"
-                    r[f"{k}_vs_imagefolder"] = round(r[key] / base[key], 2)
+                    if r[key] and base[key]:
+                        r[f"{k}_vs_imagefolder"] = round(r[key] / base[key], 2)
     print(
         json.dumps(
             {
