@@ -34,6 +34,12 @@ _TENSOR_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "_
 # DataLoader's own bookkeeping reads CPU tensors it made itself (its base seed per epoch):
 # never a device tensor, so not a sync in a GPU run either.
 _CPU_ONLY_CALLERS = (str(Path(torch.utils.data.__file__).parent),)
+# The torch loader's host normalization reads its uint8 batch and its float64 constants as
+# NumPy arrays; it runs only for a CPU device (a CUDA loader normalizes with
+# normalize_device, tests/test_loader_handoff.py), so these are never device reads either.
+_CPU_ONLY_FUNCTIONS = {
+    (str(Path(recordkit.__file__).parent / "loaders" / "torch_loader.py"), "normalize_host")
+}
 
 
 class SyncCounter:
@@ -54,6 +60,8 @@ class SyncCounter:
         frames: list[str] = []
         frame = sys._getframe(2)
         if frame.f_code.co_filename.startswith(_CPU_ONLY_CALLERS):
+            return
+        if (frame.f_code.co_filename, frame.f_code.co_name) in _CPU_ONLY_FUNCTIONS:
             return
         while frame is not None:
             if frame.f_code.co_filename.startswith(_ROOTS):

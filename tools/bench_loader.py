@@ -15,6 +15,29 @@ flip, normalize to float32 NCHW on the CPU) for:
 All with the same number of worker processes / DALI threads. Prints one JSON object.
 
     python tools/bench_loader.py --count 1000 --workers 2 --batch-size 64 --epochs 2
+
+``--case rrc480``: records at 480 px short side, equal work against MXNet's ImageRecordIter.
+The same 1,200 generated photos (500 x 375-500) are listed once (im2rec ``.lst``) and packed
+by each tool at ``--resize 480 --quality 95``: ``recordkit pack --upscale`` (im2rec always
+enlarges a shorter side below 480; without ``--upscale`` recordkit would store the 500 x 375
+originals and decode 40 % fewer pixels) and MXNet's unmodified ``im2rec.py`` (``--im2rec``,
+run by ``--mxnet-python``). Every row does the same work per image: decode, random resized
+crop (area 0.08-1, aspect 3/4-4/3), resize to 224 x 224, mirror with p = 0.5, normalize with
+ImageNet mean/std to float32 NCHW on the CPU, batches of 64, ``--workers`` decoding threads /
+processes. Rows, by resize filter (the pairs compare like with like):
+
+  ``mxnet_bilinear``  ImageRecordIter(inter_method=1: cv::resize INTER_LINEAR, its default)
+  ``mxnet_area``      ImageRecordIter(inter_method=3: INTER_AREA, antialiased)
+  ``torch_bilinear``, ``dali_bilinear``    make_loader, Augment(train_antialias=False)
+  ``torch_antialias``, ``dali_antialias``  make_loader, Augment() (bilinear + antialias)
+
+MXNet runs with ``ctx='cpu'`` and ``OMP_NUM_THREADS=--workers`` (its fair thread setting;
+``tools/mxnet_iter_rate.py``). Besides wall rates, each row reports the CPU time of the whole
+loader (this process and its worker processes, or MXNet's process) per image and images/s per
+core, the figure to size loaders by (cores per GPU).
+
+    python tools/bench_loader.py --case rrc480 --images /tmp/rk/photos1200 \
+        --mxnet-python /work/mxvenv/bin/python --im2rec /work/im2rec/im2rec.py
 """
 
 from __future__ import annotations
@@ -119,31 +142,87 @@ def make_shards(
     write_manifest(Manifest(classes=classes, splits={"train": SplitEntry(tuple(entries))}), out)
 
 
-def run(factory: Any, epochs: int, warmup: int) -> tuple[float, float]:
-    """Two rates in images/s: ``steady`` and ``epochs``.
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU seconds of process ``root`` (default: this one) and its live
+    descendants, from ``/proc`` (DataLoader workers are children; DALI's threads are ours)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(name)] = int(fields[1])
+        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+    todo, total = [os.getpid() if root is None else root], 0.0
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(c for c, p in parent.items() if p == pid)
+    return total
+
+
+Window = tuple[int, float, float]  # images, wall seconds, CPU seconds
+
+
+def run(factory: Any, epochs: int, warmup: int) -> tuple[Window, Window]:
+    """Two measurement windows: ``steady`` and ``epochs``.
 
     ``steady``: epoch 0 after its first ``warmup`` batches, to the end of that epoch (no epoch
     boundary inside). ``epochs``: epochs 1..``epochs`` timed whole, so each epoch's start-up
-    (DataLoader worker hand-off, DALI pipeline build, shuffle-buffer fill) is included.
+    (DataLoader worker hand-off, DALI pipeline build, shuffle-buffer fill) is included. CPU
+    time is :func:`tree_cpu_seconds` (this process and its workers).
     """
     images = 0
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), tree_cpu_seconds()
     for seen, (x, _) in enumerate(factory(0), 1):
         if seen == warmup:
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), tree_cpu_seconds()
         elif seen > warmup:
             images += x.shape[0]
-    steady = images / (time.perf_counter() - start)
+    steady = (images, time.perf_counter() - start, tree_cpu_seconds() - cpu0)
     images = 0
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), tree_cpu_seconds()
     for e in range(1, epochs + 1):
         for x, _ in factory(e):
             images += x.shape[0]
-    return steady, images / (time.perf_counter() - start)
+    return steady, (images, time.perf_counter() - start, tree_cpu_seconds() - cpu0)
 
 
-def bench_recordkit(shards: Path, backend: str, a: argparse.Namespace) -> Any:
+def summarize(runs: list[tuple[Window, Window]]) -> dict[str, Any]:
+    """Medians over repeats: images/s, CPU µs per image, images/s per core (CPU-second).
+
+    A window without images (an epoch no longer than ``--warmup`` batches) gives ``None``.
+    """
+
+    def med(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    out: dict[str, Any] = {}
+    for k, key in enumerate(("steady", "epoch")):
+        wins = [r[k] for r in runs if r[k][0] > 0]
+        rate, cpu = med([n / w for n, w, _ in wins]), med([1e6 * c / n for n, _, c in wins])
+        out[f"{key}_images_per_sec"] = None if rate is None else round(rate, 1)
+        out[f"{key}_cpu_us_per_image"] = None if cpu is None else round(cpu)
+    cpu = out["steady_cpu_us_per_image"] or out["epoch_cpu_us_per_image"]
+    out["images_per_core_sec"] = round(1e6 / cpu, 1) if cpu else None
+    out["runs"] = [[round(r[k][0] / r[k][1], 1) for k in (0, 1)] for r in runs]
+    out["runs_cpu_us"] = [[round(1e6 * r[k][2] / max(1, r[k][0])) for k in (0, 1)] for r in runs]
+    return out
+
+
+def bench_recordkit(
+    shards: Path, backend: str, a: argparse.Namespace, antialias: bool | None = None
+) -> Any:
     from recordkit.loaders import Augment, make_loader
+
+    if antialias is None:
+        antialias = not a.no_antialias
 
     loader = make_loader(
         shards,
@@ -155,7 +234,7 @@ def bench_recordkit(shards: Path, backend: str, a: argparse.Namespace) -> Any:
         seed=0,
         rank=0,
         world_size=1,
-        augment=Augment(train_antialias=not a.no_antialias),
+        augment=Augment(train_antialias=antialias),
     )
 
     def epochs(e: int) -> Any:
@@ -238,10 +317,143 @@ def bench_dali_files(folder: Path, a: argparse.Namespace) -> Any:
     )
 
 
+def pack_rrc480(
+    folder: Path, items: list[tuple[str, int, int, int]], out: Path, a: argparse.Namespace
+) -> dict[str, Any]:
+    """List the folder once (im2rec ``.lst``) and pack it with each tool at 480 px, q95.
+
+    Returns what was packed: paths, mean stored JPEG size and whether both tools stored the
+    same pixel sizes (they must: equal work starts with equal images).
+    """
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    lst = out / "photos.lst"
+    lst.write_text("".join(f"{i}\t{lab:f}\t{rel}\n" for i, (rel, lab, *_) in enumerate(items)))
+    shards = out / "shards"
+    cmd = [sys.executable, "-m", "recordkit", "pack", str(out / "photos"), str(folder)]
+    cmd += ["--resize", "480", "--upscale", "--quality", "95", "--out", str(shards)]
+    cmd += ["--split", "train", "--threads", str(max(1, a.workers)), "--shard-size", "400"]
+    subprocess.run(
+        cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    info: dict[str, Any] = {"shards": shards}
+    from recordkit import open_dataset
+    from recordkit.format.example import decode_example
+
+    sp = open_dataset(shards)["train"]
+    recs = [decode_example(sp.read_bytes(i)) for i in range(len(sp))]
+    info["recordkit_mean_kb"] = round(sum(len(r.image) for r in recs) / len(recs) / 1e3, 1)
+    if a.mxnet_python and a.im2rec:
+        cmd = [a.mxnet_python, a.im2rec, "--resize", "480", "--quality", "95"]
+        cmd += ["--num-thread", str(max(1, a.workers)), str(out / "photos"), str(folder)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        info["rec"], info["idx"] = out / "photos.rec", out / "photos.idx"
+        sizes = {}
+        for key, payload in read_rec(info["rec"]):
+            with Image.open(io.BytesIO(payload)) as im:
+                sizes[key] = (im.size, len(payload))
+        ours = {r.index: (r.width, r.height) for r in recs}
+        info["mxnet_mean_kb"] = round(sum(n for _, n in sizes.values()) / len(sizes) / 1e3, 1)
+        info["same_pixel_sizes"] = all(sizes[k][0] == ours[k] for k in ours) and len(sizes) == len(
+            ours
+        )
+    return info
+
+
+def read_rec(path: Path) -> Any:
+    """``(index, image bytes)`` of each record of an MXNet ``.rec`` written by im2rec."""
+    import struct
+
+    with open(path, "rb") as f:
+        while head := f.read(8):
+            _, lrec = struct.unpack("<II", head)
+            n = lrec & ((1 << 29) - 1)
+            data = f.read(n)
+            f.read(-n % 4)
+            flag, _, key, _ = struct.unpack("<IfQQ", data[:24])
+            yield key, data[24 + 4 * flag :]
+
+
+def run_mxnet(info: dict[str, Any], inter_method: int, a: argparse.Namespace) -> Any:
+    """One run of ``tools/mxnet_iter_rate.py`` under MXNet's Python: ``(steady, epochs)``."""
+    import subprocess
+
+    cmd = [a.mxnet_python, str(ROOT / "tools" / "mxnet_iter_rate.py"), "--rec", str(info["rec"])]
+    cmd += ["--idx", str(info["idx"]), "--threads", str(a.workers), "--epochs", str(a.epochs)]
+    cmd += ["--warmup", str(a.warmup), "--batch-size", str(a.batch_size)]
+    cmd += ["--inter-method", str(inter_method)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.workers)}
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, env=env).stdout)
+    return tuple(
+        (w["images"], w["seconds"], w["cpu_seconds"]) for w in (res["steady"], res["epoch"])
+    )
+
+
+RRC480_ROWS = (
+    "mxnet_bilinear,mxnet_area,torch_bilinear,torch_antialias,dali_bilinear,dali_antialias"
+)
+
+
+def main_rrc480(a: argparse.Namespace) -> dict[str, Any]:
+    """The ``--case rrc480`` measurement (module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="rk-bench-") as tmp:
+        folder = a.images or Path(tmp) / "images"
+        items = make_folder(folder, a.count)
+        info = pack_rrc480(folder, items, Path(tmp) / "packs", a)
+        shards = info.pop("shards")
+        names = (a.only or RRC480_ROWS).split(",")
+        if "rec" not in info:
+            skipped = [n for n in names if n.startswith("mxnet")]
+            names = [n for n in names if not n.startswith("mxnet")]
+            info["note"] = f"no --mxnet-python/--im2rec: skipped {', '.join(skipped)}"
+        rows = {
+            "mxnet_bilinear": lambda: run_mxnet(info, 1, a),
+            "mxnet_area": lambda: run_mxnet(info, 3, a),
+            "torch_bilinear": lambda: run(
+                bench_recordkit(shards, "torch", a, False), a.epochs, a.warmup
+            ),
+            "torch_antialias": lambda: run(
+                bench_recordkit(shards, "torch", a, True), a.epochs, a.warmup
+            ),
+            "dali_bilinear": lambda: run(
+                bench_recordkit(shards, "dali", a, False), a.epochs, a.warmup
+            ),
+            "dali_antialias": lambda: run(
+                bench_recordkit(shards, "dali", a, True), a.epochs, a.warmup
+            ),
+        }
+        runs: dict[str, list[Any]] = {n: [] for n in names}
+        for _ in range(a.repeats):  # interleaved, so a burst of load hits every row
+            for name in names:
+                runs[name].append(rows[name]())
+        results = {name: summarize(runs[name]) for name in names}
+    for name, r in results.items():  # like against like: the same resize filter
+        base = results.get("mxnet_bilinear" if name.endswith("bilinear") else "mxnet_area")
+        if base and not name.startswith("mxnet"):
+            for k in ("steady", "epoch"):
+                key = f"{k}_images_per_sec"
+                if r[key] and base[key]:
+                    r[f"{k}_vs_mxnet"] = round(r[key] / base[key], 2)
+            if r["steady_cpu_us_per_image"] and base["steady_cpu_us_per_image"]:
+                r["cpu_vs_mxnet"] = round(
+                    base["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
+                )
+    info = {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
+    return {"case": "rrc480", "pack": info, "results": results}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--case",
+        choices=("passthrough", "rrc480"),
+        default="passthrough",
+        help="passthrough: rows (a)-(d) on the original JPEGs; rrc480: records at 480 px, "
+        "equal work against MXNet's ImageRecordIter",
+    )
     ap.add_argument("--images", type=Path, default=None, help="image folder to (re)use")
-    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--count", type=int, default=None, help="images (1000; rrc480: 1200)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -256,15 +468,35 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="median of this many runs")
     ap.add_argument(
         "--only",
-        default="dali_shards,torch_shards,imagefolder,dali_files",
-        help="comma-separated subset",
+        default=None,
+        help="comma-separated subset (passthrough: dali_shards,torch_shards,imagefolder,"
+        f"dali_files; rrc480: {RRC480_ROWS})",
     )
+    ap.add_argument("--mxnet-python", default=None, help="Python with mxnet 1.9.1 (rrc480)")
+    ap.add_argument("--im2rec", default=None, help="MXNet's tools/im2rec.py (rrc480)")
     a = ap.parse_args()
+    if a.count is None:
+        a.count = 1200 if a.case == "rrc480" else 1000
     load_before = [round(x, 2) for x in os.getloadavg()]
     import torch
 
     torch.set_num_threads(1)  # the main process only normalizes; workers do the work
 
+    common = {
+        "images": a.count,
+        "image_size": 224,
+        "batch_size": a.batch_size,
+        "epochs": a.epochs,
+        "warmup": a.warmup,
+        "workers": a.workers,
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+    }
+    if a.case == "rrc480":
+        out = {**common, **main_rrc480(a)}
+        out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(out, indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="rk-bench-") as tmp:
         folder = a.images or Path(tmp) / "images"
         items = make_folder(folder, a.count)
@@ -277,37 +509,25 @@ def main() -> None:
             "imagefolder": lambda: bench_imagefolder(folder, a),
             "dali_files": lambda: bench_dali_files(folder, a),
         }
-        results: dict[str, Any] = {}
-        names = a.only.split(",")
-        runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        names = (a.only or "dali_shards,torch_shards,imagefolder,dali_files").split(",")
+        runs: dict[str, list[Any]] = {n: [] for n in names}
         for _ in range(a.repeats):  # interleaved, so a burst of load hits every loader
             for name in names:
                 runs[name].append(run(factories[name](), a.epochs, a.warmup))
-        for name in names:
-            results[name] = {
-                "steady_images_per_sec": round(statistics.median(r[0] for r in runs[name]), 1),
-                "epoch_images_per_sec": round(statistics.median(r[1] for r in runs[name]), 1),
-                "runs": [[round(x, 1) for x in r] for r in runs[name]],
-            }
+        results = {name: summarize(runs[name]) for name in names}
         base = results.get("imagefolder")
         if base:
             for r in results.values():
                 for k in ("steady", "epoch"):
                     key = f"{k}_images_per_sec"
-                    r[f"{k}_vs_imagefolder"] = round(r[key] / base[key], 2)
+                    if r[key] and base[key]:
+                        r[f"{k}_vs_imagefolder"] = round(r[key] / base[key], 2)
     print(
         json.dumps(
             {
-                "images": a.count,
+                **common,
                 "mean_jpeg_kb": round(nbytes / len(items) / 1e3, 1),
-                "image_size": 224,
-                "batch_size": a.batch_size,
-                "epochs": a.epochs,
-                "warmup": a.warmup,
-                "workers": a.workers,
                 "train_antialias": not a.no_antialias,
-                "cpus": os.cpu_count(),
-                "loadavg_before": load_before,
                 "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                 "results": results,
             },
