@@ -421,6 +421,15 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
     default=None,
     help="Worker threads (im2rec: --num-thread). [default: the CPUs this process may use]",
 )
+@click.option(
+    "--pool",
+    type=click.Choice(["auto", "threads", "processes"]),
+    default="auto",
+    show_default=True,
+    help="Run the workers as threads, or as processes (faster for thumbnails, where Python "
+    "rather than the codec is the work); auto moves to processes once the images prove small. "
+    "The shards are the same either way.",
+)
 @_shard_options("Target shard size, estimated from the source files and --resize before writing.")
 @click.option(
     "--resume",
@@ -465,6 +474,7 @@ def pack_cmd(
     pass_through: bool,
     pack_label: bool,
     threads: int | None,
+    pool: str,
     shard_size: int | None,
     shard_bytes: int,
     overwrite: bool,
@@ -518,6 +528,7 @@ def pack_cmd(
         lists=lists,
         pack_label=pack_label,
         threads=threads or default_threads(),
+        pool=pool,
         shard_size=shard_size,
         shard_bytes=shard_bytes,
         overwrite=overwrite,
