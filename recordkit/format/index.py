@@ -61,6 +61,19 @@ def _number(token: bytes) -> int:
     return int(token)
 
 
+def _read_index_bytes(path: str | os.PathLike[str], data_size: int | None) -> bytes:
+    """The bytes of an index, refused when larger than any index of its data file."""
+    limit = max_index_bytes(data_size) if data_size is not None else MAX_INDEX_BYTES
+    try:
+        return read_regular(path, limit=limit, what="index file")
+    except InputTooLargeError as exc:
+        if data_size is None:
+            raise
+        raise IndexMismatchError(
+            path, 0, f"{exc.size} bytes, too large for the index of a {data_size}-byte file"
+        ) from None
+
+
 def parse_index(
     path: str | os.PathLike[str], *, data_size: int | None = None
 ) -> list[tuple[int, int] | None]:
@@ -79,15 +92,7 @@ def parse_index(
         InputFileError: It is not a regular file (a FIFO, ``/dev/zero``, a directory).
         OSError: It cannot be read.
     """
-    limit = max_index_bytes(data_size) if data_size is not None else MAX_INDEX_BYTES
-    try:
-        raw = read_regular(path, limit=limit, what="index file")
-    except InputTooLargeError as exc:
-        if data_size is None:
-            raise
-        raise IndexMismatchError(
-            path, 0, f"{exc.size} bytes, too large for the index of a {data_size}-byte file"
-        ) from None
+    raw = _read_index_bytes(path, data_size)
     out: list[tuple[int, int] | None] = []
     for line in raw.split(b"\n"):
         parts = line.split()
@@ -233,15 +238,7 @@ def parse_index_array(
     """
     import numpy as np
 
-    limit = max_index_bytes(data_size) if data_size is not None else MAX_INDEX_BYTES
-    try:
-        raw = read_regular(path, limit=limit, what="index file")
-    except InputTooLargeError as exc:
-        if data_size is None:
-            raise
-        raise IndexMismatchError(
-            path, 0, f"{exc.size} bytes, too large for the index of a {data_size}-byte file"
-        ) from None
+    raw = _read_index_bytes(path, data_size)
     if _PLAIN_INDEX.fullmatch(raw) is None:
         return None
     return np.fromstring(raw, dtype=np.int64, sep=" ").reshape(-1, 2)
