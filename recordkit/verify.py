@@ -12,17 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import DecodeError
-
 from recordkit.errors import CorruptRecordError, IndexMismatchError, RecordkitError
-from recordkit.format import example_pb2, framing
-from recordkit.format.example import (
-    KEY_ENCODED,
-    KEY_LABEL,
-    PayloadError,
-    Record,
-    decode_example,
-)
+from recordkit.format import framing
+from recordkit.format.example import PayloadError, Record, decode_example, example_labels
 from recordkit.format.index import compare_index, index_path_for, parse_index, parse_index_array
 from recordkit.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, read_manifest
 from recordkit.memory import MemoryBudget, decode_cost
@@ -104,7 +96,7 @@ def verify_shard(
     if images and budget is None:
         budget = MemoryBudget.probe()
     try:
-        f = os.fdopen(open_regular(path, what="shard"), "rb", buffering=0)
+        f = os.fdopen(open_regular(path, what="shard"), "rb")
     except InputFileError as exc:
         reason = exc.reason if exc.errno is None else f"cannot open: {exc.reason}"
         rep.problems.append(Problem(spath, None, reason))
@@ -124,7 +116,7 @@ def verify_shard(
                         rec = decode_example(data)
                         labels = rec.labels
                     else:
-                        labels = _example_labels(data)
+                        labels = example_labels(data)
                 except PayloadError as exc:
                     rep.problems.append(Problem(spath, offset, str(exc)))
                     continue
@@ -252,27 +244,6 @@ class _BackgroundHash:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True)
-
-
-def _example_labels(data: bytes) -> tuple[int, ...]:
-    """The labels of an image ``Example``, with :func:`decode_example`'s checks and messages.
-
-    ``verify`` needs only these; building the whole :class:`Record` (file name, format, sizes)
-    cost more than the protobuf parse itself.
-    """
-    try:
-        ex = example_pb2.Example.FromString(data)
-    except DecodeError as exc:
-        raise PayloadError(f"not a valid tf.train.Example ({exc})") from None
-    f = ex.features.feature
-    image = f.get(KEY_ENCODED)
-    if image is None or not image.bytes_list.value:
-        raise PayloadError(f"Example has no {KEY_ENCODED!r} bytes feature")
-    label = f.get(KEY_LABEL)
-    labels = tuple(label.int64_list.value) if label is not None else ()
-    if not labels:
-        raise PayloadError(f"Example has no {KEY_LABEL!r} int64 feature")
-    return labels
 
 
 def verify(

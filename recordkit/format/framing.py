@@ -192,22 +192,6 @@ def scan(
         offset += size
 
 
-def _read_full(f: BinaryIO, n: int) -> bytes:
-    """``n`` bytes from ``f``, fewer only at end of file (one read may return less)."""
-    data = f.read(n)
-    if len(data) >= n or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = f.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
 def scan_blocks(
     f: BinaryIO,
     *,
@@ -223,7 +207,8 @@ def scan_blocks(
     slice instead of two reads through the file object. CRCs are always checked.
 
     Args:
-        f: A file opened in binary mode (unbuffered is best), positioned at offset 0.
+        f: A buffered binary file (its ``read(n)`` returns fewer bytes only at the end, as
+            :func:`scan` assumes too), positioned at offset 0.
         path: File name used in error messages.
         file_size: Size of the file.
         block_size: Bytes per read.
@@ -248,9 +233,7 @@ def scan_blocks(
                 raise CorruptRecordError(
                     path, offset, f"truncated record header ({file_size - offset} bytes at end)"
                 )
-            chunk = _read_full(
-                f, min(max(block_size, HEADER_SIZE), file_size - offset) - (len(buf) - pos)
-            )
+            chunk = f.read(min(max(block_size, HEADER_SIZE), file_size - offset) - (len(buf) - pos))
             if on_block is not None and chunk:
                 on_block(chunk)
             buf, base, pos = buf[pos:] + chunk, offset, 0
@@ -265,7 +248,7 @@ def scan_blocks(
         end = pos + HEADER_SIZE + length
         if end + FOOTER_SIZE > len(buf):  # keep the unfinished record, read at least all of it
             need = min(max(HEADER_SIZE + length + FOOTER_SIZE, block_size), file_size - offset)
-            chunk = _read_full(f, need - (len(buf) - pos))
+            chunk = f.read(need - (len(buf) - pos))
             if on_block is not None and chunk:
                 on_block(chunk)
             buf, base, pos = buf[pos:] + chunk, offset, 0
