@@ -196,6 +196,8 @@ def read_index(
         CorruptRecordError: The data file itself is damaged (found while diagnosing).
         InputFileError: The index is not a regular file.
     """
+    import numpy as np
+
     from recordkit.format.record_index import RecordIndex, first_gap
 
     raw = _read_index_bytes(path, data_size)
@@ -224,7 +226,9 @@ def read_index(
         except ValueError:  # the last record ends beyond any int64 offset
             raise IndexMismatchError(path, 0, "entries end past the largest file size") from None
     if arr is not None and _consistent(arr, data_size):
-        return RecordIndex.from_array(arr)
+        bounds = np.empty(len(arr) + 1, dtype=np.int64)
+        bounds[:-1], bounds[-1] = arr[:, 0], data_size
+        return RecordIndex.trusted(bounds)  # contiguous, sizes >= OVERHEAD: increasing
     if data_path is not None:
         records = build_index(data_path)  # raises CorruptRecordError for a damaged data file
         if lines is None:

@@ -61,6 +61,15 @@ class RecordIndex(Sequence[tuple[int, int]]):
         self.offsets = arr
 
     @classmethod
+    def trusted(cls, offsets: np.ndarray) -> RecordIndex:
+        """Wrap boundaries the caller has already checked (int64, 1-D, from 0, never
+        decreasing) without another pass over them; the array is made read-only."""
+        obj = cls.__new__(cls)
+        offsets.flags.writeable = False
+        obj.offsets = offsets
+        return obj
+
+    @classmethod
     def from_entries(cls, entries: Iterable[tuple[int, int]]) -> RecordIndex:
         """Build from ``(offset, size)`` pairs that are contiguous from 0.
 
@@ -84,7 +93,7 @@ class RecordIndex(Sequence[tuple[int, int]]):
         bounds[0] = 0
         np.cumsum(entries[:, 1], out=bounds[1:])
         bounds.flags.writeable = False  # ours: no copy in __init__
-        return cls(bounds)
+        return cls(bounds)  # checks that the last record does not end before it starts
 
     @property
     def sizes(self) -> np.ndarray:

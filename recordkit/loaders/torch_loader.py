@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -320,6 +321,17 @@ class HostBuffers:
         return t.permute(0, 3, 1, 2) if channels_last else t
 
 
+def _forks(loader: DataLoader) -> bool:
+    """Whether the DataLoader's workers start by ``fork`` (the platform default comes first in
+    ``get_all_start_methods``; nothing here fixes the start method)."""
+    ctx = loader.multiprocessing_context
+    if ctx is not None:
+        method = ctx.get_start_method()
+    else:
+        method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
+    return method == "fork"
+
+
 class TorchLoader:
     """Batches ``(images, labels)`` from a split with the torch backend.
 
@@ -396,6 +408,7 @@ class TorchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._share_index()
         # The iterator starts the pin-memory thread (once, with persistent workers: later
         # epochs reuse it), which pins for the device current now: make it ours.
         with on_device(self.device):
@@ -406,6 +419,13 @@ class TorchLoader:
             if batch is None:
                 return
             yield batch
+
+    def _share_index(self) -> None:
+        """Read the split's index (one int64 array per shard) before forking the workers,
+        which then share its pages instead of each reading every ``.idx`` file again. Spawned
+        workers get the dataset pickled without it and read what they need themselves."""
+        if self.loader.num_workers > 0 and _forks(self.loader):
+            self.dataset.split.load_index()
 
     def _next_batch(self, batches: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         item = next(batches, None)
