@@ -321,14 +321,10 @@ class HostBuffers:
         return t.permute(0, 3, 1, 2) if channels_last else t
 
 
-def _forks(loader: DataLoader) -> bool:
-    """Whether the DataLoader's workers start by ``fork`` (the platform default comes first in
-    ``get_all_start_methods``; nothing here fixes the start method)."""
-    ctx = loader.multiprocessing_context
-    if ctx is not None:
-        method = ctx.get_start_method()
-    else:
-        method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
+def _workers_fork() -> bool:
+    """Whether DataLoader workers (default context) start by ``fork``; the platform default
+    comes first in ``get_all_start_methods``, and nothing here fixes the start method."""
+    method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
     return method == "fork"
 
 
@@ -373,6 +369,7 @@ class TorchLoader:
         self.drop_last = drop_last
         self.gpu_decode = gpu_decode
         self.multi_label = multi_label
+        self._num_workers = num_workers
         mean = torch.tensor(augment.mean255, dtype=torch.float64).view(1, 3, 1, 1)
         std = torch.tensor(augment.std255, dtype=torch.float64).view(1, 3, 1, 1)
         # On the device in the output dtype (read by its kernels, never by the host); on the
@@ -424,7 +421,7 @@ class TorchLoader:
         """Read the split's index (one int64 array per shard) before forking the workers,
         which then share its pages instead of each reading every ``.idx`` file again. Spawned
         workers get the dataset pickled without it and read what they need themselves."""
-        if self.loader.num_workers > 0 and _forks(self.loader):
+        if self._num_workers > 0 and _workers_fork():
             self.dataset.split.load_index()
 
     def _next_batch(self, batches: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
