@@ -26,6 +26,13 @@ __all__ = ["Dataset", "Split", "open_dataset", "partition"]
 _CHUNK = 1 << 14  # index boundaries converted to Python ints at a time while iterating
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def partition(num_records: int, shard_id: int, num_shards: int) -> range:
     """Return the record indices that reader ``shard_id`` of ``num_shards`` owns.
 
@@ -98,17 +105,29 @@ class Split(Sequence[Record]):
         manifest's record count (see :meth:`reader`).
 
         Loaders call this before forking their workers, which then share one copy of the
-        index instead of each reading its own.
+        index instead of each reading its own. The files are read by up to one thread per CPU
+        (most of the parsing runs in numpy without the GIL), and the threads are gone when
+        this returns.
 
         Returns:
             The split itself.
 
         Raises:
-            IndexMismatchError: An index does not describe its shard file.
+            IndexMismatchError: An index does not describe its shard file (the first such
+                shard in manifest order).
             CorruptRecordError: An index lists another number of records than the manifest.
         """
-        for s in range(len(self.readers)):
-            self.reader(s)
+        n = len(self.readers)
+        threads = min(n, _usable_cpus(), 8)
+        if threads <= 1:
+            for s in range(n):
+                self.reader(s)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="recordkit-index") as pool:
+                for _ in pool.map(self.reader, range(n)):  # raises in shard order
+                    pass
         return self
 
     def reader(self, s: int) -> ShardReader:

@@ -155,10 +155,9 @@ def _consistent(entries: np.ndarray, data_size: int) -> bool:
     if len(entries) == 0:
         return data_size == 0
     sizes = entries[:, 1]
-    # sizes bounded by the file keep the running sum far from int64 overflow
-    if sizes.min() < framing.OVERHEAD or sizes.max() > data_size:
+    if sizes.min() < framing.OVERHEAD or int(entries[-1, 0]) + int(sizes[-1]) != data_size:
         return False
-    return first_gap(entries) is None and int(entries[-1, 0]) + int(sizes[-1]) == data_size
+    return first_gap(entries) is None
 
 
 def _first_malformed(lines: list[tuple[int, int] | None]) -> int | None:
@@ -306,9 +305,12 @@ def _plain_array(raw: bytes) -> np.ndarray | None:
         return None
     if not (np.all(b[seps[0::2]] == _SPACE) and np.all(b[seps[1::2]] == _NEWLINE)):
         return None
-    runs = np.diff(seps, prepend=-1) - 1
-    if runs.min() < 1 or runs.max() > _MAX_DIGITS:
+    if not 1 <= seps[0] <= _MAX_DIGITS:  # the first number's digits
         return None
+    if seps.size > 1:
+        steps = seps[1:] - seps[:-1]  # each later number's digits, plus its separator
+        if steps.min() < 2 or steps.max() > _MAX_DIGITS + 1:
+            return None
     return np.fromstring(raw, dtype=np.int64, sep=" ").reshape(-1, 2)
 
 

@@ -89,11 +89,14 @@ class RecordIndex(Sequence[tuple[int, int]]):
         k = first_gap(entries)
         if k is not None:
             raise ValueError(f"entry {k} does not start where the previous one ends")
-        bounds = np.empty(len(entries) + 1, dtype=np.int64)
-        bounds[0] = 0
-        np.cumsum(entries[:, 1], out=bounds[1:])
+        bounds = np.zeros(len(entries) + 1, dtype=np.int64)
+        if len(entries):
+            end = int(entries[-1, 0]) + int(entries[-1, 1])
+            if end > np.iinfo(np.int64).max:
+                raise ValueError(f"the last entry ends at {end}, past any int64 offset")
+            bounds[:-1], bounds[-1] = entries[:, 0], end
         bounds.flags.writeable = False  # ours: no copy in __init__
-        return cls(bounds)  # checks that the last record does not end before it starts
+        return cls(bounds)  # checks that no size is negative
 
     @property
     def sizes(self) -> np.ndarray:
@@ -162,11 +165,14 @@ class RecordIndex(Sequence[tuple[int, int]]):
 
 def first_gap(entries: np.ndarray) -> int | None:
     """The first row of an ``(n, 2)`` ``(offset, size)`` array that does not start where the
-    previous one ends (row 0 must start at 0), or ``None`` when they are contiguous."""
+    previous one ends (row 0 must start at 0), or ``None`` when they are contiguous.
+
+    Compares each step between offsets with the previous size, so no running sum can
+    overflow whatever the numbers."""
     if len(entries) == 0:
         return None
-    ends = np.empty(len(entries), dtype=np.int64)
-    ends[0] = 0
-    np.cumsum(entries[:-1, 1], out=ends[1:])
-    bad = np.flatnonzero(entries[:, 0] != ends)
-    return int(bad[0]) if bad.size else None
+    offsets = entries[:, 0]
+    if offsets[0] != 0:
+        return 0
+    wrong = (offsets[1:] - offsets[:-1]) != entries[:-1, 1]
+    return int(wrong.argmax()) + 1 if wrong.any() else None
