@@ -338,3 +338,17 @@ def test_sampler_yields_its_epoch_lazily(with_seeds: bool) -> None:
     else:
         assert got == order and all(type(i) is int for i in got)
     assert len(got) == len(s) == 5_000 and len(set(order)) == 5_000
+
+
+def test_sampler_computes_each_epoch_once() -> None:
+    s = RecordSampler(1000, rank=0, world_size=2, shuffle=True, seed=1)
+    first = s.indices()
+    assert s.indices() is first and not first.flags.writeable
+    s.set_epoch(1)
+    second = s.indices()
+    assert second is not first and second.tolist() != first.tolist()
+    s.seed = 2  # any setting that changes the plan gives a new order
+    assert s.indices().tolist() != second.tolist()
+    s.seed, s.epoch = 1, 0
+    assert s.indices().tolist() == first.tolist()
+    assert len(pickle.dumps(s)) < 1024 and list(pickle.loads(pickle.dumps(s))) == list(s)

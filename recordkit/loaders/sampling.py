@@ -149,22 +149,40 @@ class RecordSampler:
         self.drop_last = drop_last
         self.with_seeds = with_seeds
         self.epoch = 0
+        self._order: tuple[tuple[int, ...], np.ndarray] | None = None  # (plan, its indices)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
         self.epoch = epoch
 
     def indices(self) -> np.ndarray:
-        """This rank's indices for the current epoch."""
-        return rank_indices(
+        """This rank's indices for the current epoch (read-only; computed once per epoch and
+        settings, so a loader can compute them ahead, beside other work)."""
+        plan = (
             self.num_records,
             self.rank,
             self.world_size,
-            shuffle=self.shuffle,
-            seed=self.seed,
-            epoch=self.epoch,
-            drop_last=self.drop_last,
+            self.shuffle,
+            self.seed,
+            self.epoch,
+            self.drop_last,
         )
+        if self._order is None or self._order[0] != plan:
+            order = rank_indices(
+                self.num_records,
+                self.rank,
+                self.world_size,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                epoch=self.epoch,
+                drop_last=self.drop_last,
+            )
+            order.flags.writeable = False
+            self._order = (plan, order)
+        return self._order[1]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_order": None}  # recomputed where needed: a small pickle
 
     def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         # The epoch's order is fixed here (as an int64 array, 8 bytes per index); Python ints

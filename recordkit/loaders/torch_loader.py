@@ -24,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -420,9 +421,14 @@ class TorchLoader:
     def _share_index(self) -> None:
         """Read the split's index (one int64 array per shard) before forking the workers,
         which then share its pages instead of each reading every ``.idx`` file again. Spawned
-        workers get the dataset pickled without it and read what they need themselves."""
+        workers get the dataset pickled without it and read what they need themselves. The
+        epoch's order (a permutation of the split, ~45 ms at 1.28 M records) is computed on a
+        thread meanwhile; both run mostly in numpy without the GIL."""
         if self._num_workers > 0 and _workers_fork():
-            self.dataset.split.load_index()
+            with ThreadPoolExecutor(1, thread_name_prefix="recordkit-order") as pool:
+                order = pool.submit(self.sampler.indices)
+                self.dataset.split.load_index()
+                order.result()
 
     def _next_batch(self, batches: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         item = next(batches, None)
