@@ -40,6 +40,7 @@ _LAZY = {
     "PackOptions": "recordkit.pack",
     "PackResult": "recordkit.pack",
     "ImageOptions": "recordkit.imaging",
+    "RecordIndex": "recordkit.format.record_index",
 }
 
 
@@ -63,6 +64,7 @@ __all__ = [
     "PackOptions",
     "PackResult",
     "RecordDataset",
+    "RecordIndex",
     "RecordSampler",
     "make_loader",
     "CorruptRecordError",

@@ -23,6 +23,15 @@ from recordkit.safeio import open_regular
 
 __all__ = ["Dataset", "Split", "open_dataset", "partition"]
 
+_CHUNK = 1 << 14  # index boundaries converted to Python ints at a time while iterating
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
 
 def partition(num_records: int, shard_id: int, num_shards: int) -> range:
     """Return the record indices that reader ``shard_id`` of ``num_shards`` owns.
@@ -47,6 +56,9 @@ class Split(Sequence[Record]):
     Indexing (``split[i]``) is random access through the shards' ``.idx`` files; iteration reads
     the files sequentially. Both check record CRCs unless the dataset was opened with
     ``verify_crc=False``.
+
+    Opening is lazy: each shard's index is read on first access to that shard (or all at once
+    with :meth:`load_index`), and held as one int64 array per shard, 8 bytes per record.
     """
 
     def __init__(
@@ -87,6 +99,36 @@ class Split(Sequence[Record]):
             raise IndexError(f"record {i} out of range for split {self.name!r} ({self._len})")
         s = bisect.bisect_right(self._starts, i) - 1
         return s, i - self._starts[s]
+
+    def load_index(self) -> Split:
+        """Read every shard's index now instead of on first access, checking each against the
+        manifest's record count (see :meth:`reader`).
+
+        Loaders call this before forking their workers, which then share one copy of the
+        index instead of each reading its own. The files are read by up to one thread per CPU
+        (most of the parsing runs in numpy without the GIL), and the threads are gone when
+        this returns.
+
+        Returns:
+            The split itself.
+
+        Raises:
+            IndexMismatchError: An index does not describe its shard file (the first such
+                shard in manifest order).
+            CorruptRecordError: An index lists another number of records than the manifest.
+        """
+        n = len(self.readers)
+        threads = min(n, _usable_cpus(), 8)
+        if threads <= 1:
+            for s in range(n):
+                self.reader(s)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="recordkit-index") as pool:
+                for _ in pool.map(self.reader, range(n)):  # raises in shard order
+                    pass
+        return self
 
     def reader(self, s: int) -> ShardReader:
         """The reader of shard ``s``, once its index agrees with the manifest's record count.
@@ -168,15 +210,20 @@ class Split(Sequence[Record]):
                 f"expected {hi} records, index has {len(entries)}",
             )
         path = str(reader.path)
+        bounds = entries.offsets
         with os.fdopen(open_regular(reader.path, what="shard"), "rb", buffering=1 << 20) as f:
             file_size = os.fstat(f.fileno()).st_size
-            f.seek(entries[lo][0])
+            f.seek(int(bounds[lo]))
             it = framing.scan(f, path=path, verify_crc=reader.verify_crc, file_size=file_size)
             k = lo
+            base, want = lo, bounds[lo : min(lo + _CHUNK, hi) + 1].tolist()
             for offset, framed, data in it:
                 if k == hi:
                     break
-                if (offset, framed) != entries[k]:
+                j = k - base
+                if j + 1 == len(want):  # the next chunk of boundaries, as Python ints
+                    base, j, want = k, 0, bounds[k : min(k + _CHUNK, hi) + 1].tolist()
+                if offset != want[j] or framed != want[j + 1] - want[j]:
                     raise CorruptRecordError(
                         path, offset, f"record {k} disagrees with the index {entries[k]}"
                     )

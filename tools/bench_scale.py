@@ -15,7 +15,9 @@ a user would, and measures it with ``os.wait4`` (wall time, CPU time, peak RSS o
 * ``open``: ``recordkit.open(shards)`` and ``len()`` of every split, in a fresh interpreter
 * ``first_batch``: ``make_loader(shards, "train", backend=…, num_workers=W)`` and its first batch:
   time, and the main process's RSS growth over ``import recordkit, torch`` and the loader's
-  modules (what is left is per-dataset state: the index above all)
+  modules (what is left is per-dataset state: the index above all); then each DataLoader
+  worker's private dirty memory and the sum of their PSS (``/proc/PID/smaps_rollup``; pages
+  shared with the parent after ``fork`` count in neither the private figure nor in full)
 * ``verify`` / ``inspect``: the commands over the shards, with MB/s of shard data
 
 Prints one JSON object; per-item costs (µs per image or record) show whether each step is
@@ -58,10 +60,23 @@ loader = recordkit.make_loader(ds, "train", batch_size=batch, image_size=px, bac
 rss_loader = rss_mb()
 images, labels = next(iter(loader))
 t_first = time.perf_counter() - t0
+rss_first = rss_mb()
+def rollup(pid):  # a worker's private dirty pages and proportional share of shared ones, MB
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            kv = dict(line.split()[:2] for line in f)
+        return float(kv["Private_Dirty:"]) / 1024, float(kv["Pss:"]) / 1024
+    except (OSError, KeyError):
+        return None
+import multiprocessing
+kids = [rollup(p.pid) for p in multiprocessing.active_children()]
+kids = [k for k in kids if k is not None]
 print(json.dumps({"records": n, "open_s": t_open, "first_batch_s": t_first,
                   "batch_shape": list(images.shape), "rss_base_mb": base,
                   "rss_after_open_mb": rss_open - base, "rss_after_loader_mb": rss_loader - base,
-                  "rss_after_first_batch_mb": rss_mb() - base}))
+                  "rss_after_first_batch_mb": rss_first - base,
+                  "worker_private_mb": [round(k[0], 1) for k in kids],
+                  "worker_pss_sum_mb": round(sum(k[1] for k in kids), 1)}))
 """
 
 _OPEN = r"""

@@ -8,7 +8,8 @@ This is exactly what DALI's ``tfrecord2idx`` writes and what ``fn.readers.tfreco
 from __future__ import annotations
 
 import os
-import re
+from array import array
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,11 @@ from recordkit.errors import IndexMismatchError
 from recordkit.format import framing
 from recordkit.format.atomic import atomic_write_text
 from recordkit.safeio import InputTooLargeError, open_regular, read_regular
+
+if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
+    import numpy as np
+
+    from recordkit.format.record_index import RecordIndex
 
 __all__ = [
     "MAX_INDEX_BYTES",
@@ -29,9 +35,6 @@ __all__ = [
     "write_index",
     "parse_index_array",
 ]
-
-if TYPE_CHECKING:
-    import numpy as np
 
 MAX_INDEX_BYTES = 1 << 30
 """The largest index read when the size of its data file is not known."""
@@ -92,7 +95,10 @@ def parse_index(
         InputFileError: It is not a regular file (a FIFO, ``/dev/zero``, a directory).
         OSError: It cannot be read.
     """
-    raw = _read_index_bytes(path, data_size)
+    return _parse_lines(_read_index_bytes(path, data_size))
+
+
+def _parse_lines(raw: bytes) -> list[tuple[int, int] | None]:
     out: list[tuple[int, int] | None] = []
     for line in raw.split(b"\n"):
         parts = line.split()
@@ -142,13 +148,20 @@ def compare_index(
     return None
 
 
-def _consistent(entries: list[tuple[int, int] | None], data_size: int) -> bool:
-    expected = 0
-    for e in entries:
-        if e is None or e[0] != expected or e[1] < framing.OVERHEAD:
-            return False
-        expected = e[0] + e[1]
-    return expected == data_size
+def _consistent(entries: np.ndarray, data_size: int) -> bool:
+    """Whether ``(n, 2)`` rows are contiguous records from 0 to exactly ``data_size``."""
+    from recordkit.format.record_index import first_gap
+
+    if len(entries) == 0:
+        return data_size == 0
+    sizes = entries[:, 1]
+    if sizes.min() < framing.OVERHEAD or int(entries[-1, 0]) + int(sizes[-1]) != data_size:
+        return False
+    return first_gap(entries) is None
+
+
+def _first_malformed(lines: list[tuple[int, int] | None]) -> int | None:
+    return next((k for k, e in enumerate(lines) if e is None), None)
 
 
 def read_index(
@@ -156,36 +169,69 @@ def read_index(
     *,
     data_size: int | None = None,
     data_path: str | os.PathLike[str] | None = None,
-) -> list[tuple[int, int]]:
-    """Read an index file.
+) -> RecordIndex:
+    """Read an index file into a compact :class:`RecordIndex`.
+
+    The plain text that ``tfrecord2idx`` and recordkit write is checked and converted in a few
+    vectorised passes (no Python object per line); any other text (CRs, blank lines, extra
+    spaces or tabs) is read line by line with the same rules as :func:`parse_index`.
 
     Args:
         path: The ``.idx`` file.
-        data_size: Size of the TFRecord file it indexes; when given, entries must be
-            contiguous, start at 0 and end exactly at ``data_size``.
+        data_size: Size of the TFRecord file it indexes; when given, entries must also end
+            exactly at ``data_size``, and each must be at least a framed empty record.
         data_path: The TFRecord file. When given and the index is inconsistent, the file is
             scanned to name the first record whose line is wrong (else the error points at the
             index line).
 
     Returns:
-        ``[(offset, framed_size), ...]`` in file order.
+        The entries, in file order; it compares equal to the list of ``(offset, framed_size)``
+        tuples that earlier versions returned. The entries are always contiguous from 0.
 
     Raises:
-        IndexMismatchError: A line is malformed, the entries do not fit the data file, or the
-            index is larger than any index of a ``data_size``-byte file.
+        IndexMismatchError: A line is malformed, the entries are not contiguous from 0, they
+            do not fit the data file, or the index is larger than any index of a
+            ``data_size``-byte file.
         CorruptRecordError: The data file itself is damaged (found while diagnosing).
         InputFileError: The index is not a regular file.
     """
-    lines = parse_index(path, data_size=data_size)
-    if data_size is None:
-        if None in lines:
-            k = lines.index(None)
+    import numpy as np
+
+    from recordkit.format.record_index import RecordIndex, first_gap
+
+    raw = _read_index_bytes(path, data_size)
+    arr = _plain_array(raw)
+    lines: list[tuple[int, int] | None] | None = None
+    if arr is None:  # not the plain form: the lenient reading, with its exact messages
+        lines = _parse_lines(raw)
+        k = _first_malformed(lines)
+        if k is not None and data_size is None:
             raise IndexMismatchError(path, 0, f"line {k + 1} is malformed")
-        return lines  # type: ignore[return-value]
-    if _consistent(lines, data_size):
-        return lines  # type: ignore[return-value]
+        if k is None:
+            arr = _as_array(lines)  # type: ignore[arg-type]
+    if data_size is None:
+        assert arr is not None
+        k = first_gap(arr)
+        if k is not None:
+            want = 0 if k == 0 else int(arr[k - 1, 0] + arr[k - 1, 1])
+            raise IndexMismatchError(
+                path,
+                0,
+                f"line {k + 1} says offset {int(arr[k, 0])}, expected {want} "
+                "(records are contiguous from 0)",
+            )
+        try:
+            return RecordIndex.from_array(arr)
+        except ValueError:  # the last record ends beyond any int64 offset
+            raise IndexMismatchError(path, 0, "entries end past the largest file size") from None
+    if arr is not None and _consistent(arr, data_size):
+        bounds = np.empty(len(arr) + 1, dtype=np.int64)
+        bounds[:-1], bounds[-1] = arr[:, 0], data_size
+        return RecordIndex.trusted(bounds)  # contiguous, sizes >= OVERHEAD: increasing
     if data_path is not None:
         records = build_index(data_path)  # raises CorruptRecordError for a damaged data file
+        if lines is None:
+            lines = list(map(tuple, arr.tolist()))  # type: ignore[union-attr]
         found = compare_index(lines, records, data_size)
         if found is not None:
             raise IndexMismatchError(path, found[0], found[1])
@@ -194,12 +240,23 @@ def read_index(
     )
 
 
-def format_index(entries: list[tuple[int, int]]) -> str:
+def _as_array(entries: list[tuple[int, int]]) -> np.ndarray:
+    """``(n, 2)`` int64 rows; values beyond int64 (21+ digits never parse) saturate, so they
+    fail the consistency checks instead of wrapping around."""
+    import numpy as np
+
+    top = np.iinfo(np.int64).max
+    if any(v > top for e in entries for v in e):
+        entries = [(min(a, top), min(b, top)) for a, b in entries]
+    return np.array(entries, dtype=np.int64).reshape(-1, 2)
+
+
+def format_index(entries: Iterable[tuple[int, int]]) -> str:
     """Render index entries as the text of an ``.idx`` file."""
     return "".join(f"{offset} {size}\n" for offset, size in entries)
 
 
-def build_index(path: str | os.PathLike[str], *, verify_crc: bool = True) -> list[tuple[int, int]]:
+def build_index(path: str | os.PathLike[str], *, verify_crc: bool = True) -> RecordIndex:
     """Scan a TFRecord file and return its index entries.
 
     Args:
@@ -207,23 +264,54 @@ def build_index(path: str | os.PathLike[str], *, verify_crc: bool = True) -> lis
         verify_crc: Check record CRCs while scanning.
 
     Returns:
-        ``[(offset, framed_size), ...]``.
+        The ``(offset, framed_size)`` of every record, as a :class:`RecordIndex`.
 
     Raises:
         CorruptRecordError: The file is damaged; names the offset of the bad record.
     """
+    import numpy as np
+
+    from recordkit.format.record_index import RecordIndex
+
     path = os.fspath(path)
+    ends = array("q", [0])
     with os.fdopen(open_regular(path, what="TFRecord file"), "rb", buffering=1 << 20) as f:
-        return [(off, size) for off, size, _ in framing.scan(f, path=path, verify_crc=verify_crc)]
+        for off, size, _ in framing.scan(f, path=path, verify_crc=verify_crc):
+            ends.append(off + size)
+    return RecordIndex(np.frombuffer(ends, dtype=np.int64))
 
 
-def write_index(entries: list[tuple[int, int]], path: str | os.PathLike[str]) -> None:
+def write_index(entries: Iterable[tuple[int, int]], path: str | os.PathLike[str]) -> None:
     """Write an index file atomically (temporary file in the same directory, then rename)."""
     atomic_write_text(path, format_index(entries), encoding="ascii")
 
 
-# the text tfrecord2idx and recordkit write; 19 digits always fit an int64
-_PLAIN_INDEX = re.compile(rb"(?:[0-9]{1,19} [0-9]{1,19}\n)*")
+_MAX_DIGITS = 18  # every 18-digit number fits an int64; longer ones take the lenient path
+_DIGIT_0, _SPACE, _NEWLINE = ord("0"), ord(" "), ord("\n")
+
+
+def _plain_array(raw: bytes) -> np.ndarray | None:
+    """The ``(n, 2)`` int64 rows of a plain index (every line ``"<digits> <digits>\\n"``, at
+    most 18 digits each), or ``None`` for any other text. Vectorised: the separators must
+    alternate space, newline, ..., the last byte is a newline, and every run between them is
+    1 to 18 ASCII digits; then numpy converts the text."""
+    import numpy as np
+
+    if not raw:
+        return np.zeros((0, 2), dtype=np.int64)
+    b = np.frombuffer(raw, dtype=np.uint8)
+    seps = np.flatnonzero((b - np.uint8(_DIGIT_0)) >= 10)  # anything not an ASCII digit
+    if seps.size % 2 or seps.size == 0 or seps[-1] != b.size - 1:
+        return None
+    if not (np.all(b[seps[0::2]] == _SPACE) and np.all(b[seps[1::2]] == _NEWLINE)):
+        return None
+    if not 1 <= seps[0] <= _MAX_DIGITS:  # the first number's digits
+        return None
+    if seps.size > 1:
+        steps = seps[1:] - seps[:-1]  # each later number's digits, plus its separator
+        if steps.min() < 2 or steps.max() > _MAX_DIGITS + 1:
+            return None
+    return np.fromstring(raw, dtype=np.int64, sep=" ").reshape(-1, 2)
 
 
 def parse_index_array(
@@ -232,13 +320,8 @@ def parse_index_array(
     """Parse an index in its plain form as an ``(n, 2)`` int64 array, in one vectorised pass.
 
     The plain form is what DALI's ``tfrecord2idx`` and recordkit write: every line
-    ``"<offset> <size>\\n"`` of ASCII digits. Anything else (blank lines, CRs, tabs, malformed
-    lines) returns ``None``: :func:`parse_index` then gives the lenient reading and the exact
-    messages. Same errors and size limit as :func:`parse_index`.
+    ``"<offset> <size>\\n"`` of ASCII digits (at most 18 per number). Anything else (blank
+    lines, CRs, tabs, malformed lines) returns ``None``: :func:`parse_index` then gives the
+    lenient reading and the exact messages. Same errors and size limit as :func:`parse_index`.
     """
-    import numpy as np
-
-    raw = _read_index_bytes(path, data_size)
-    if _PLAIN_INDEX.fullmatch(raw) is None:
-        return None
-    return np.fromstring(raw, dtype=np.int64, sep=" ").reshape(-1, 2)
+    return _plain_array(_read_index_bytes(path, data_size))

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recordkit.errors import CorruptRecordError
 from recordkit.format import framing
@@ -15,6 +16,9 @@ from recordkit.safeio import open_regular
 
 __all__ = ["ShardReader"]
 
+if TYPE_CHECKING:
+    from recordkit.format.record_index import RecordIndex
+
 
 class ShardReader:
     """Random-access and sequential reader of one TFRecord file.
@@ -22,6 +26,11 @@ class ShardReader:
     The file is opened lazily, on first use, and reopened after a ``fork`` (the process id is
     checked), so a reader can be built in a parent process and used in DataLoader workers. Reads
     use ``os.pread`` and are safe to share between threads.
+
+    The index is held as one int64 array (:class:`~recordkit.format.record_index.RecordIndex`,
+    8 bytes per record). Workers forked after it was loaded share its pages; a pickled reader
+    leaves an index read from the ``.idx`` file behind (the receiving process reads it again
+    when needed), so the pickle stays small whatever the record count.
 
     Args:
         path: The ``.tfrecord`` file.
@@ -41,7 +50,8 @@ class ShardReader:
         self.path = Path(path)
         self.index_path = Path(index_path) if index_path is not None else index_path_for(path)
         self.verify_crc = verify_crc
-        self._entries: list[tuple[int, int]] | None = None
+        self._entries: RecordIndex | None = None
+        self._scanned = False  # the entries come from a scan, not from the .idx file
         self._fd: int | None = None
         self._pid: int | None = None
         self._size: int | None = None
@@ -82,12 +92,15 @@ class ShardReader:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.update(_fd=None, _pid=None)  # descriptors do not cross process boundaries
+        if not self._scanned:
+            state["_entries"] = None  # read again from the .idx where needed: a small pickle
         return state
 
     # -- index -------------------------------------------------------------------------------
     @property
-    def entries(self) -> list[tuple[int, int]]:
-        """``[(offset, framed_size), ...]`` of every record, from the index (or a scan)."""
+    def entries(self) -> RecordIndex:
+        """``(offset, framed_size)`` of every record, from the index (or a scan), read on first
+        use: a sequence of tuples held as one int64 array of record boundaries."""
         if self._entries is None:
             if self.index_path.exists():
                 self._entries = read_index(
@@ -95,6 +108,7 @@ class ShardReader:
                 )
             else:
                 self._entries = build_index(self.path, verify_crc=self.verify_crc)
+                self._scanned = True
         return self._entries
 
     def __len__(self) -> int:
@@ -114,7 +128,7 @@ class ShardReader:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"record {i} out of range for {self.path} ({n} records)")
-        offset, size = entries[i]
+        offset, end = entries.offsets[i : i + 2].tolist()
         fd = self._ensure_open()
         assert self._size is not None
         return framing.read_record_at(
@@ -123,7 +137,7 @@ class ShardReader:
             self._size,
             path=str(self.path),
             verify_crc=self.verify_crc,
-            expected_size=size,
+            expected_size=end - offset,
         )
 
     def __getitem__(self, i: int) -> Record:

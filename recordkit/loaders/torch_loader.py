@@ -21,8 +21,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -320,6 +322,13 @@ class HostBuffers:
         return t.permute(0, 3, 1, 2) if channels_last else t
 
 
+def _workers_fork() -> bool:
+    """Whether DataLoader workers (default context) start by ``fork``; the platform default
+    comes first in ``get_all_start_methods``, and nothing here fixes the start method."""
+    method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
+    return method == "fork"
+
+
 class TorchLoader:
     """Batches ``(images, labels)`` from a split with the torch backend.
 
@@ -361,6 +370,7 @@ class TorchLoader:
         self.drop_last = drop_last
         self.gpu_decode = gpu_decode
         self.multi_label = multi_label
+        self._num_workers = num_workers
         mean = torch.tensor(augment.mean255, dtype=torch.float64).view(1, 3, 1, 1)
         std = torch.tensor(augment.std255, dtype=torch.float64).view(1, 3, 1, 1)
         # On the device in the output dtype (read by its kernels, never by the host); on the
@@ -396,6 +406,7 @@ class TorchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._share_index()
         # The iterator starts the pin-memory thread (once, with persistent workers: later
         # epochs reuse it), which pins for the device current now: make it ours.
         with on_device(self.device):
@@ -406,6 +417,18 @@ class TorchLoader:
             if batch is None:
                 return
             yield batch
+
+    def _share_index(self) -> None:
+        """Read the split's index (one int64 array per shard) before forking the workers,
+        which then share its pages instead of each reading every ``.idx`` file again. Spawned
+        workers get the dataset pickled without it and read what they need themselves. The
+        epoch's order (a permutation of the split, ~45 ms at 1.28 M records) is computed on a
+        thread meanwhile; both run mostly in numpy without the GIL."""
+        if self._num_workers > 0 and _workers_fork():
+            with ThreadPoolExecutor(1, thread_name_prefix="recordkit-order") as pool:
+                order = pool.submit(self.sampler.indices)
+                self.dataset.split.load_index()
+                order.result()
 
     def _next_batch(self, batches: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         item = next(batches, None)
