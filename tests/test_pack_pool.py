@@ -212,3 +212,23 @@ def test_interrupted_pack_on_processes_resumes_to_the_same_bytes(tmp_path, mixed
     assert not worker_children()  # stopped and reaped, not left behind
     pack(prefix, root, opts(out, shard_size=3, threads=2, pool="processes", resume=True))
     assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_answers_asked_for_out_of_order_come_back_right(mixed):
+    """A task resubmitted after one that ended early is asked for before tasks sent ahead of it
+    on the same worker: every earlier answer is read, kept, and handed to its own task."""
+    prefix, root = mixed
+    jobs = [j for j in jobs_of(prefix, root) if "img_" in j.path][:4]
+    image = ImageOptions()
+    workers = ProcessWorkers(1)
+    try:
+        workers.setup((image, DEFAULT_LIMITS, 1 << 20))
+        wait_usable(workers)
+        budget = MemoryBudget(1 << 30)
+        tasks = [workers.submit([job], budget, 0) for job in jobs]
+        answers = {k: tasks[k].result()[0] for k in (3, 1, 0, 2)}  # the last one first
+        for k, job in enumerate(jobs):
+            assert answers[k] == run_task([job], image, MemoryBudget(1 << 30), DEFAULT_LIMITS)[0]
+        assert workers._workers[0].outstanding == 0
+    finally:
+        workers.close(kill=True)

@@ -426,8 +426,11 @@ class _Worker:
             try:
                 if not self._is_ready:
                     self._read_ready()
-                while self._queue and self._queue[0] is not task:  # a task sent before it
-                    self._queue.popleft().result()
+                # answers come in the order of the tasks: read those sent before ``task``
+                # first (each takes itself off the queue once its answer is read; taking it
+                # off here, before its nested read, would let that read skip past ``task``)
+                while self._queue and self._queue[0] is not task:
+                    self._queue[0].result()
                 msg = pickle.load(self._out)
                 self._queue.popleft()
             except (EOFError, OSError, pickle.UnpicklingError):
