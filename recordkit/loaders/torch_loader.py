@@ -20,11 +20,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import cv2
@@ -322,6 +324,47 @@ class HostBuffers:
         return t.permute(0, 3, 1, 2) if channels_last else t
 
 
+class _EpochStream:
+    """The batches of epoch after epoch, endlessly: a DataLoader ``batch_sampler``.
+
+    Each epoch's batches are exactly those that a ``BatchSampler`` over the sampler set to that
+    epoch gives (same indices, same per-sample seeds, the same last partial batch or none), and
+    no batch spans two epochs. It reads a private copy of the loader's sampler, so computing
+    epochs ahead never changes the epoch the caller set.
+    """
+
+    def __init__(self, sampler: RecordSampler, batch_size: int, drop_last: bool) -> None:
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.sampler = copy.copy(sampler)
+        self.handed_out = 0  # batches handed to the DataLoader since the last restart
+
+    def follows(self, sampler: RecordSampler) -> bool:
+        """Whether the stream was built from a sampler with ``sampler``'s settings."""
+        return _plan(self.sampler) == _plan(sampler)
+
+    def restart(self, sampler: RecordSampler) -> None:
+        """Begin again at ``sampler``'s current epoch, with its settings."""
+        self.sampler = copy.copy(sampler)
+        self.handed_out = 0
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        sampler, size = self.sampler, self.batch_size
+        while True:
+            items = iter(sampler)
+            while batch := list(islice(items, size)):
+                if len(batch) < size and self.drop_last:
+                    break
+                self.handed_out += 1
+                yield batch
+            sampler.set_epoch(sampler.epoch + 1)
+
+
+def _plan(sampler: RecordSampler) -> tuple[Any, ...]:
+    """A sampler's settings other than its epoch."""
+    return tuple(v for k, v in sorted(vars(sampler).items()) if k not in ("epoch", "_order"))
+
+
 def _workers_fork() -> bool:
     """Whether DataLoader workers (default context) start by ``fork``; the platform default
     comes first in ``get_all_start_methods``, and nothing here fixes the start method."""
@@ -386,11 +429,21 @@ class TorchLoader:
         if num_workers > 0:
             # Validation workers live only while validating, not beside the training ones.
             kwargs.update(prefetch_factor=prefetch, persistent_workers=train)
+        # Training with workers: one endless stream of batches, epoch after epoch, so the
+        # workers go on into the next epoch while the last batches of this one are consumed
+        # (as MXNet's iterators and DALI's pipelines do) instead of idling at each boundary.
+        self._stream = (
+            _EpochStream(sampler, batch_size, drop_last) if train and num_workers else None
+        )
+        self._batches: Iterator[Any] | None = None  # the stream's DataLoader iterator
+        self._stream_start = 0  # the epoch the stream began with
+        self._taken = 0  # batches taken from the stream since then
+        if self._stream is not None:
+            kwargs.update(batch_sampler=self._stream)
+        else:
+            kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
         self.loader = DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
             num_workers=num_workers,
             collate_fn=_Collate(multi_label, encoded=gpu_decode),
             pin_memory=device.type == "cuda",
@@ -406,7 +459,12 @@ class TorchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._share_index()
+        if self._stream is not None:
+            return self._iter_stream()
+        return self._iter_epoch()
+
+    def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._share_index(self.sampler)
         # The iterator starts the pin-memory thread (once, with persistent workers: later
         # epochs reuse it), which pins for the device current now: make it ours.
         with on_device(self.device):
@@ -418,7 +476,35 @@ class TorchLoader:
                 return
             yield batch
 
-    def _share_index(self) -> None:
+    def _iter_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's batches from the endless stream. The stream goes on where the last
+        epoch ended when this is the epoch after it, taken whole; any other epoch (the first,
+        a resume, one repeated or left early) starts the stream again at this epoch."""
+        assert self._stream is not None
+        epoch, per_epoch = self.sampler.epoch, len(self)
+        if per_epoch == 0:
+            return
+        if (
+            self._batches is None
+            or not self._stream.follows(self.sampler)
+            or self._taken != (epoch - self._stream_start) * per_epoch
+        ):
+            self._stream.restart(self.sampler)
+            self._share_index(self._stream.sampler)
+            self._batches = None  # a left-over iterator is reset by the next iter()
+            with on_device(self.device):  # see _iter_epoch
+                self._batches = iter(self.loader)
+            self._stream_start, self._taken = epoch, 0
+        batches = self._batches
+        for _ in range(per_epoch):
+            with on_device(self.device):
+                batch = self._next_batch(batches)
+            if batch is None:  # pragma: no cover - the stream is endless
+                raise RuntimeError("the batch stream ended")
+            self._taken += 1  # taken from the stream, whether or not the caller takes it
+            yield batch
+
+    def _share_index(self, sampler: RecordSampler) -> None:
         """Read the split's index (one int64 array per shard) before forking the workers,
         which then share its pages instead of each reading every ``.idx`` file again. Spawned
         workers get the dataset pickled without it and read what they need themselves. The
@@ -426,7 +512,7 @@ class TorchLoader:
         thread meanwhile; both run mostly in numpy without the GIL."""
         if self._num_workers > 0 and _workers_fork():
             with ThreadPoolExecutor(1, thread_name_prefix="recordkit-order") as pool:
-                order = pool.submit(self.sampler.indices)
+                order = pool.submit(sampler.indices)
                 self.dataset.split.load_index()
                 order.result()
 
