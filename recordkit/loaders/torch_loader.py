@@ -12,8 +12,10 @@
   ``gpu_decode`` the workers send JPEG bytes and crops instead, and
   :class:`~recordkit.loaders.gpu_decode.BatchDecoder` decodes and transforms each batch on the
   device.
-- Training loaders keep their workers between epochs (``persistent_workers``); validation
-  loaders start them for each pass, so they exist only while validating. The DataLoader iterator
+- Training loaders keep their workers between epochs (``persistent_workers``) and feed them
+  one endless stream of batches, epoch after epoch (:class:`_EpochStream`), so they decode the
+  next epoch's first batches while this one's last are consumed; validation loaders start
+  their workers for each pass, so they exist only while validating. The DataLoader iterator
   is created (and each batch made) with the loader's CUDA device current, so the pin-memory
   thread pins for that device (:func:`~recordkit.loaders.gpu_decode.on_device`).
 """
