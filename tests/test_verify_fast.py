@@ -98,12 +98,25 @@ def test_other_layouts_go_to_the_full_parser() -> None:
     assert not _cols(other).ok.any()
 
 
-def test_mutated_records_recognised_only_where_the_full_parser_agrees() -> None:
+EDGES = [
+    make_record(20, filename="f" * 95),  # lengths just below / at / above one varint byte
+    make_record(21, filename="f" * 115, format="p" * 100),
+    make_record(22, image=b"i" * 120),
+    make_record(23, image=b"i" * 130, text="c" * 120),
+]
+
+
+@pytest.mark.parametrize(
+    "base",
+    [RECORDS[:7] + EDGES, [make_record(i) for i in range(6)] + EDGES[:2]],
+    ids=["mixed", "tiny-images"],
+)
+def test_mutated_records_recognised_only_where_the_full_parser_agrees(base) -> None:
     """Whatever the bytes, a record the layout accepts parses to the same values."""
     rng = random.Random(17)
-    base = [encode_example(r) for r in RECORDS[:7]]
+    base = [encode_example(r) for r in base]
     payloads = []
-    for _ in range(3000):
+    for _ in range(4000):
         p = bytearray(rng.choice(base))
         for _ in range(rng.randint(1, 3)):
             op, at = rng.random(), rng.randrange(len(p) + 1)

@@ -148,6 +148,8 @@ class ImageColumns:
 
 _HEAD = 256  # bytes read from the start of each record: the entries before the image
 _TAIL = 384  # and from its end: the entries after it (a file name of up to ~250 bytes)
+_WIDE = 48  # the widest read (an int64 entry with its value)
+_V_WIDE = np.dtype(("V", _WIDE))
 _BYTE_HIGH = np.uint64(0x8080808080808080)
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _POW2 = np.array([1 << (8 * k + 7) for k in range(8)], dtype=np.uint64)
@@ -179,7 +181,7 @@ class _Walk:
         base = np.clip(base, 0, len(block) - width)
         rows = np.ndarray((len(block) - width + 1,), dtype=np.dtype(("V", width)), buffer=block,
                           strides=(1,))  # fmt: skip
-        self.a = np.zeros(len(base) * width + 8, dtype=np.uint8)  # 8 more: whole words
+        self.a = np.zeros(len(base) * width + _WIDE, dtype=np.uint8)  # room for any read
         self.a[: len(base) * width] = rows[base].view(np.uint8)
         self.ok &= self.p >= base
         self.base = base
@@ -223,14 +225,8 @@ class _Walk:
         if not (word & np.uint64(0x80)).any():  # one byte each: the common case
             self.p += 1
             return word & np.uint64(0x7F)
-        stops = ~word & (_BYTE_HIGH if tag is None else _BYTE_HIGH >> np.uint64(8))
-        self.ok &= stops != 0  # else: too long, or running past the word
-        low = stops & (~stops + np.uint64(1))  # the high bit of the varint's last byte
-        k = np.searchsorted(_POW2, low) + 1
-        word &= np.where(k < 8, (low << np.uint64(1)) - np.uint64(1), ~np.uint64(0)) & _LOW7
-        value = word & np.uint64(0x7F)
-        for j in range(1, min(int(k.max()), 8)):
-            value |= (word >> np.uint64(j)) & np.uint64(0x7F << (7 * j))
+        value, k = _varint(word)
+        self.ok &= k <= (8 if tag is None else 7)  # else: too long, or past the word
         self.p += k
         return value
 
@@ -248,26 +244,84 @@ class _Walk:
         self.ok &= self.p + self.length(0x12) == stop
         return stop
 
+    def _entry_read(self, key: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+        """One read of ``_WIDE`` bytes from each record's position, the checks of an entry
+        whose four lengths are one byte each (fields at fixed places), and where its value
+        starts: ``(rows, ok, value column)``; the value's size is the last length."""
+        kl = len(key)
+        cf = kl + 5  # the Feature's length byte
+        cv = cf + 5  # the value
+        pos = self.p + self.off
+        np.minimum(pos, len(self.a) - _WIDE, out=pos)
+        np.maximum(pos, 0, out=pos)
+        rows = np.ndarray((len(self.a) - _WIDE + 1,), dtype=_V_WIDE, buffer=self.a, strides=(1,))
+        g = rows[pos].view(np.uint8).reshape(-1, _WIDE)
+        head = np.frombuffer(b"\x0a" + bytes((kl,)) + key + b"\x12", dtype=np.uint8)
+        ok = (g[:, 2:cf] == head).all(axis=1)
+        ok &= g[:, 0] == 0x0A
+        e, f, gl, n = (g[:, c].astype(np.int64) for c in (1, cf, cf + 2, cf + 4))
+        ok &= ((e | f | gl | n) < 0x80) & (e == cv - 2 + n) & (f == n + 4) & (gl == n + 2)
+        ok &= self.p + cv + n <= self.end
+        ok &= self.p + cv <= self.base + self.width  # what was used is inside the window
+        return g, ok, cv
+
     def int64_entry(self, key: bytes) -> np.ndarray:
-        """An entry holding an ``Int64List`` of exactly one value in at most 8 bytes (up to
-        2**56 - 1; negative values take 10 and go to the full parser); returns the value."""
-        stop = self.entry(key)
-        self.ok &= self.p + self.length(0x1A) == stop
-        self.ok &= self.p + self.length(0x0A) == stop
-        value = self.varint().view(np.int64)
-        self.ok &= self.p == stop
-        return value
+        """An entry holding an ``Int64List`` of one value of at most 8 varint bytes (up to
+        2**56 - 1; negative values take 10 and go to the full parser); returns the value.
+
+        Its four lengths are one byte each (as for any such entry), so every field sits at a
+        fixed place from the entry's start: one read of the whole entry, then column checks.
+        """
+        g, ok, cv = self._entry_read(key)
+        n = g[:, cv - 1].astype(np.int64)
+        ok &= (g[:, cv - 4] == 0x1A) & (g[:, cv - 2] == 0x0A) & (n >= 1) & (n <= 8)
+        value, k = _varint(np.ascontiguousarray(g[:, cv : cv + 8]).view("<u8").ravel())
+        ok &= k == n
+        self.p += cv + n
+        self.ok &= ok
+        return value.view(np.int64)
 
     def bytes_entry(self, key: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """An entry holding a ``BytesList`` of exactly one value; returns its start and size."""
+        """An entry holding a ``BytesList`` of exactly one value; returns its start and size.
+
+        Short values (one-byte lengths) are read as :meth:`int64_entry` reads; where some
+        record's is longer (the image), field by field.
+        """
+        g, ok, cv = self._entry_read(key)
+        size = g[:, cv - 1].astype(np.int64)
+        ok &= (g[:, cv - 4] == 0x0A) & (g[:, cv - 2] == 0x0A)
+        if (ok | ~self.ok).all():
+            start = self.p + cv
+            self.p = start + size
+            return start, size
+        p0, ok0 = self.p.copy(), self.ok.copy()
         stop = self.entry(key)
         self.ok &= self.p + self.length(0x0A) == stop
-        size = self.length(0x0A)
+        size2 = self.length(0x0A)
         start = self.p.copy()
         self.inside()
-        self.p += size
+        self.p += size2
         self.ok &= self.p == stop
+        # either reading is exact: a record passes when one of them does
+        self.ok = ok0 & (self.ok | ok)
+        start = np.where(ok, p0 + cv, start)
+        size = np.where(ok, size, size2)
+        self.p = np.where(ok, start + size, self.p)
         return start, size
+
+
+def _varint(word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The varint at the start of each 8-byte word: ``(value, bytes)``; 9 bytes where the
+    word holds no end of varint (the value is then meaningless)."""
+    stops = ~word & _BYTE_HIGH  # the high bit of each byte that ends a varint
+    low = stops & (~stops + np.uint64(1))  # the first one's
+    k = np.searchsorted(_POW2, low) + 1  # 9 where there is none
+    mask = np.where(k < 8, (low << np.uint64(1)) - np.uint64(1), ~np.uint64(0))
+    word = word & mask & _LOW7
+    value = word & np.uint64(0x7F)
+    for j in range(1, min(int(k.max()), 8)):
+        value |= (word >> np.uint64(j)) & np.uint64(0x7F << (7 * j))
+    return value, k
 
 
 def image_columns(block: bytes, starts: np.ndarray, ends: np.ndarray) -> ImageColumns:
