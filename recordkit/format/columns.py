@@ -159,10 +159,11 @@ class _Walk:
     """Positions in many records at once, advanced field by field; ``ok`` drops a record the
     moment its bytes leave the expected layout.
 
-    Bytes are read through unaligned strided views of the block (``m`` bytes starting at any
-    offset), so each step is a handful of one-dimensional numpy operations. A read that would
-    run past the block is clipped: it then reads other bytes, which at worst sends a record to
-    the full parser.
+    Bytes are read from a window per record (:meth:`window`: the first ``_HEAD`` bytes, then,
+    past the image, the last ``_TAIL``) through unaligned strided views, so each step is a
+    handful of one-dimensional numpy operations over all records. Positions only grow, and a
+    record whose reads leave its window is dropped (:meth:`inside`), so every byte a kept
+    record was judged by is its own.
     """
 
     def __init__(self, start: np.ndarray, end: np.ndarray) -> None:
