@@ -18,7 +18,13 @@ a user would, and measures it with ``os.wait4`` (wall time, CPU time, peak RSS o
   modules (what is left is per-dataset state: the index above all); then each DataLoader
   worker's private dirty memory and the sum of their PSS (``/proc/PID/smaps_rollup``; pages
   shared with the parent after ``fork`` count in neither the private figure nor in full)
-* ``verify`` / ``inspect``: the commands over the shards, with MB/s of shard data
+* ``verify`` / ``inspect``: the commands over the shards, with MB/s of shard data; with
+  ``verify``, also ``sha256_bound``: ``hashlib.sha256`` over the same ``.tfrecord`` files in
+  8 MiB blocks in a fresh process (verify's bound on a CPU without SHA instructions), and
+  verify's wall time as a multiple of it
+
+When only ``open``/``first_batch``/``verify``/``inspect`` are asked for and ``WORK/nN/shards``
+already holds a manifest (e.g. from ``tools/synth_scale_shards.py``), no images are generated.
 
 Prints one JSON object; per-item costs (µs per image or record) show whether each step is
 linear in N. Steps can be chosen with ``--steps``; the pack output is cached too (reused when
@@ -38,6 +44,20 @@ import time
 from pathlib import Path
 
 STEPS = ("list", "pack", "open", "first_batch", "verify", "inspect")
+
+_SHA256 = r"""
+import hashlib, json, sys, time
+from pathlib import Path
+t = time.perf_counter()
+n = 0
+for p in sorted(Path(sys.argv[1]).glob("*.tfrecord")):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while b := f.read(8 << 20):
+            h.update(b)
+            n += len(b)
+print(json.dumps({"hashed_bytes": n, "hash_s": round(time.perf_counter() - t, 3)}))
+"""
 
 _FIRST_BATCH = r"""
 import json, sys, time
@@ -174,9 +194,11 @@ def main() -> None:
     for n in [int(s) for s in args.sizes.split(",")]:
         base = args.work / f"n{n}"
         root, prefix, shards = base / "images", base / "lists" / "data", base / "shards"
-        gen_s = generate(root, n, args.classes, args.image_px, args.pool)
+        packed = (shards / "recordkit.json").exists()
+        need_tree = "list" in steps or "pack" in steps or not packed
+        gen_s = generate(root, n, args.classes, args.image_px, args.pool) if need_tree else 0.0
         row: dict = {"images": n, "generate_s": round(gen_s, 1)}
-        if "list" in steps or not prefix.with_name("data_train.lst").exists():
+        if need_tree and ("list" in steps or not prefix.with_name("data_train.lst").exists()):
             prefix.parent.mkdir(parents=True, exist_ok=True)
             r = run_measured(
                 [*rk, "list", str(prefix), str(root), "--recursive", "--train-ratio", "0.95"]
@@ -214,6 +236,12 @@ def main() -> None:
                 r["mb_per_s"] = round(nbytes / 1e6 / r["wall_s"], 1)
                 r["records_per_s"] = round(n / r["wall_s"], 0)
                 row[step] = r
+        if "verify" in steps:
+            r = run_measured([sys.executable, "-c", _SHA256, str(shards)], capture=True)
+            r.update(json.loads(r.pop("stdout")))
+            r["mb_per_s"] = round(nbytes / 1e6 / r["wall_s"], 1)
+            row["sha256_bound"] = r
+            row["verify"]["x_sha256_bound"] = round(row["verify"]["wall_s"] / r["wall_s"], 2)
         results.append(row)
         print(json.dumps(row), file=sys.stderr)
     print(

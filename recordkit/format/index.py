@@ -34,6 +34,7 @@ __all__ = [
     "build_index",
     "write_index",
     "parse_index_array",
+    "index_consistent",
 ]
 
 MAX_INDEX_BYTES = 1 << 30
@@ -148,7 +149,7 @@ def compare_index(
     return None
 
 
-def _consistent(entries: np.ndarray, data_size: int) -> bool:
+def index_consistent(entries: np.ndarray, data_size: int) -> bool:
     """Whether ``(n, 2)`` rows are contiguous records from 0 to exactly ``data_size``."""
     from recordkit.format.record_index import first_gap
 
@@ -224,7 +225,7 @@ def read_index(
             return RecordIndex.from_array(arr)
         except ValueError:  # the last record ends beyond any int64 offset
             raise IndexMismatchError(path, 0, "entries end past the largest file size") from None
-    if arr is not None and _consistent(arr, data_size):
+    if arr is not None and index_consistent(arr, data_size):
         bounds = np.empty(len(arr) + 1, dtype=np.int64)
         bounds[:-1], bounds[-1] = arr[:, 0], data_size
         return RecordIndex.trusted(bounds)  # contiguous, sizes >= OVERHEAD: increasing
