@@ -107,10 +107,18 @@ def main(verbose: int) -> None:
 @click.option("--weight-decay", type=float, default=3.0517578125e-05, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option(
-    "--lr-schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
+    "--lr-schedule",
+    type=click.Choice(["cosine", "step", "linear", "onecycle"]),
+    default="cosine",
+    show_default=True,
+    help="Updated every step; the resolved schedule is printed at the start.",
 )
 @click.option(
-    "--warmup-epochs", type=float, default=None, help="Default: 5 for cosine, 0 for step."
+    "--warmup-epochs",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Linear warm-up, at most 20 % of the run. Default: 5 for cosine and linear, "
+    "0 for step; onecycle has its own.",
 )
 @click.option("--lr-step-epochs", default="30,60", show_default=True, help="For step.")
 @click.option("--lr-factor", type=float, default=0.1, show_default=True, help="For step.")

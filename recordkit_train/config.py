@@ -83,8 +83,10 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 penalty on convolution and linear weights.
         label_smoothing: Cross-entropy label smoothing.
-        lr_schedule: ``cosine`` or ``step``.
-        warmup_epochs: Linear warm-up length; None: 5 for cosine, 0 for step.
+        lr_schedule: ``cosine``, ``step``, ``linear`` or ``onecycle``
+            (:class:`recordkit_train.optim.LRSchedule`).
+        warmup_epochs: Linear warm-up length, capped at 20 % of the run's steps; None: 5 for
+            cosine and linear, 0 for step and onecycle (which has its own warm-up).
         lr_step_epochs: ``step``: epochs at which the rate is multiplied by ``lr_factor``.
         lr_factor: ``step``: the multiplier.
         zero_init_residual: Zero the last BatchNorm scale of each residual block.
@@ -171,6 +173,8 @@ class TrainConfig:
             raise ConfigError("data is required (or use synthetic)")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.lr_schedule == "onecycle" and self.warmup_epochs:
+            raise ConfigError("onecycle has its own warm-up (30 % of the run); drop warmup_epochs")
         if self.dist_timeout is not None and not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.backbone_lr_scale > 0:
@@ -202,7 +206,9 @@ class TrainConfig:
             lr = scaled_lr(self.base_lr, batch_size=self.batch_size, world_size=world_size)
         warmup = self.warmup_epochs
         if warmup is None:
-            warmup = min(5.0, float(self.epochs)) if self.lr_schedule == "cosine" else 0.0
+            warmup = 0.0
+            if self.lr_schedule in ("cosine", "linear"):
+                warmup = min(5.0, float(self.epochs))
         channels_last = self.channels_last
         if channels_last is None:
             channels_last = dev.type == "cuda"

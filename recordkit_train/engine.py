@@ -593,6 +593,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             scaler=scaler,
             schedule=schedule,
         )
+    if env.is_main:
+        logger.info("%s", schedule.describe())
     model = _ddp(model, env)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     out = Path(cfg.out)
