@@ -20,7 +20,9 @@ __all__ = [
     "MAX_WARMUP_FRACTION",
     "SCHEDULES",
     "LRSchedule",
+    "NO_DECAY_NAMES",
     "build_optimizer",
+    "is_no_decay",
     "load_optimizer_state",
     "scaled_lr",
 ]
@@ -38,6 +40,19 @@ ONECYCLE_DIV_FACTOR = 25.0
 ONECYCLE_FINAL_DIV_FACTOR = 1e4
 
 _FUSED_DEVICES = ("cuda", "cpu")
+
+NO_DECAY_NAMES: frozenset[str] = frozenset(
+    {"pos_embedding", "class_token", "relative_position_bias_table", "layer_scale"}
+)
+"""Multi-dimensional parameters that get no weight decay either, by their last name component
+(as timm's ``no_weight_decay``): ViT's position embedding and class token, Swin's and MaxViT's
+relative-position bias tables, ConvNeXt's layer scale."""
+
+
+def is_no_decay(name: str, param: torch.Tensor) -> bool:
+    """Whether parameter ``name`` is left out of weight decay: normalisation scales and biases
+    (every tensor of at most one dimension) and :data:`NO_DECAY_NAMES`."""
+    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
 def scaled_lr(base_lr: float = 0.256, *, batch_size: int, world_size: int = 1) -> float:
@@ -73,9 +88,10 @@ def build_optimizer(
 ) -> torch.optim.SGD:
     """SGD with weight decay on weights only.
 
-    Parameters with at most one dimension (BatchNorm weights and biases, convolution and
-    linear biases) get no weight decay; the others (convolution and linear weights) get
-    ``weight_decay``. Frozen parameters (``requires_grad=False``) are left out.
+    Parameters with at most one dimension (BatchNorm, LayerNorm and GroupNorm weights and
+    biases, convolution and linear biases) and those named in :data:`NO_DECAY_NAMES` (ViT's
+    position embedding and class token, ...) get no weight decay; the others (convolution and
+    linear weights) get ``weight_decay``. Frozen parameters (``requires_grad=False``) are left out.
 
     With ``lr_scale`` the groups are further split by learning-rate multiplier; each group
     then carries it as ``"lr_scale"``, which :meth:`LRSchedule.apply` honours (fine-tuning
@@ -107,7 +123,7 @@ def build_optimizer(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if is_no_decay(name, param) else decay).append(param)
         if lr_scale is not None:
             scales[id(param)] = float(lr_scale(name))
     groups: list[dict[str, Any]] = []

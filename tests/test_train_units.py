@@ -43,7 +43,10 @@ from recordkit_train.precision import (
 
 
 def test_archs_listed() -> None:
-    assert ARCHS == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    import torchvision
+
+    assert set(ARCHS) == set(torchvision.models.list_models(module=torchvision.models))
+    assert {"resnet18", "resnext50_32x4d", "regnet_y_400mf", "vit_b_16"} <= set(ARCHS)
 
 
 def test_resnet50_is_v1_5_with_requested_classes() -> None:
@@ -79,9 +82,11 @@ def test_channels_last_parameters() -> None:
     )
 
 
-def test_unknown_arch_lists_choices() -> None:
-    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, resnet101, resnet152"):
-        build_model("vgg16", 10)
+def test_unknown_arch_suggests_close_names() -> None:
+    with pytest.raises(ValueError, match="did you mean resnet50"):
+        build_model("resnt50", 10)
+    with pytest.raises(ValueError, match="--arch list"):
+        build_model("transformer9000", 10)
 
 
 # ------------------------------------------------------------------------------------ precision
