@@ -154,3 +154,33 @@ def test_old_checkpoint_config_reads_without_small_stem(tmp_path: Path) -> None:
     del values["small_input"]  # written before the option existed: the ImageNet stem
     cfg = TrainConfig.from_checkpoint({"config": values}, tmp_path / "old.pt")
     assert cfg.small_input is False
+
+
+@pytest.mark.parametrize(
+    ("arch", "small_input"), [("resnet18", True), ("mobilenet_v3_small", False)]
+)
+def test_trained_model_is_rebuilt_the_same_way(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, arch: str, small_input: bool
+) -> None:
+    """A run's arch and stem go into its checkpoint; predict and eval rebuild them from it."""
+    from recordkit_train.engine import evaluate_checkpoint
+    from recordkit_train.predict import load_trained_model
+    from tests.tinyrun import colour_shards, train_tiny
+
+    data = colour_shards(tmp_path / "shards", ["a", "b", "c"], n_train=8, n_val=4)
+    with caplog.at_level("INFO", logger="recordkit_train"):
+        out = train_tiny(data, tmp_path / "run", arch=arch, small_input=None, image_size=32)
+    assert "lr schedule: cosine, peak 0.05, 1 steps, 0 warm-up steps" in caplog.text
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["config"]["arch"] == arch and state["config"]["small_input"] is small_input
+    trained = load_trained_model(out / "best.pt")
+    model = build_model(arch, 3, image_size=32, small_input=small_input)
+    assert trained.model.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in trained.model.state_dict().items():
+        assert torch.equal(tensor, state["model"][name]), name
+    if small_input:
+        assert trained.model.conv1.stride == (1, 1)
+    result = evaluate_checkpoint(
+        data, out / "best.pt", batch_size=4, backend="torch", workers=0, device="cpu"
+    )
+    assert result["samples"] == 4 and result["arch"] == arch
