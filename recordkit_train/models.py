@@ -55,15 +55,19 @@ SMALL_INPUT_MAX_SIZE = 64
 _SMALL_STEM_FAMILIES = ("resnet", "regnet")
 _ZERO_INIT_FAMILIES = ("resnet", "regnet")
 
-# The smallest square input each family runs on (measured with a 2-image training forward).
+# The smallest square input each family runs on (measured with a 2-image training forward);
+# families that run on anything get a floor of 8 px.
 _MIN_SIZE = {
     "alexnet": 63,
-    "inception": 75,
-    "maxvit": 224,
+    "convnext": 32,
     "densenet": 29,
     "googlenet": 15,
+    "inception": 75,
+    "maxvit": 224,
+    "squeezenet": 21,  # 1_1 runs from 17
+    "vgg": 32,
 }
-_DEFAULT_MIN_SIZE = 32
+_DEFAULT_MIN_SIZE = 8
 
 
 def family(arch: str) -> str:
