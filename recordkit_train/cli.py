@@ -73,7 +73,7 @@ def _steps(value: str) -> tuple[int, ...]:
 @click.version_option(__version__, prog_name="recordkit-train")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """Distributed fp16 ResNet training on recordkit shards.
+    """Distributed fp16 training of torchvision models on recordkit shards.
 
     \b
     recordkit-train run --data shards/ --out runs/r50
