@@ -299,7 +299,8 @@ class TrainConfig:
                 shown = repr(value)
                 shown = shown if len(shown) <= 40 else shown[:37] + "..."
                 raise ConfigError(f"{source}: config {key} = {shown} is not a {field_.type}")
-        legacy = {} if "small_input" in values else {"small_input": False}
+        # Written before the option existed (or unresolved): the ImageNet stem it was built with.
+        legacy = {} if values.get("small_input") is not None else {"small_input": False}
         try:
             cfg = cls.from_dict({**values, **legacy, **overrides})
         except (TypeError, ValueError, OverflowError) as exc:

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_WARMUP_FRACTION",
     "SCHEDULES",
     "LRSchedule",
+    "NO_DECAY_MODULES",
     "NO_DECAY_NAMES",
     "build_optimizer",
     "is_no_decay",
@@ -42,17 +43,27 @@ ONECYCLE_FINAL_DIV_FACTOR = 1e4
 _FUSED_DEVICES = ("cuda", "cpu")
 
 NO_DECAY_NAMES: frozenset[str] = frozenset(
-    {"pos_embedding", "class_token", "relative_position_bias_table", "layer_scale"}
+    {"pos_embedding", "class_token", "relative_position_bias_table", "layer_scale", "logit_scale"}
 )
 """Multi-dimensional parameters that get no weight decay either, by their last name component
 (as timm's ``no_weight_decay``): ViT's position embedding and class token, Swin's and MaxViT's
-relative-position bias tables, ConvNeXt's layer scale."""
+relative-position bias tables, ConvNeXt's layer scale, Swin v2's attention logit scale."""
+
+NO_DECAY_MODULES: frozenset[str] = frozenset({"cpb_mlp"})
+"""Modules none of whose parameters get weight decay: Swin v2's continuous position-bias MLP
+(timm leaves it out too)."""
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
     """Whether parameter ``name`` is left out of weight decay: normalisation scales and biases
-    (every tensor of at most one dimension) and :data:`NO_DECAY_NAMES`."""
-    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+    (every tensor of at most one dimension), :data:`NO_DECAY_NAMES` and the parameters of
+    :data:`NO_DECAY_MODULES`."""
+    parts = name.split(".")
+    return (
+        param.ndim <= 1
+        or parts[-1] in NO_DECAY_NAMES
+        or any(p in NO_DECAY_MODULES for p in parts[:-1])
+    )
 
 
 def scaled_lr(base_lr: float = 0.256, *, batch_size: int, world_size: int = 1) -> float:

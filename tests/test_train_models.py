@@ -39,7 +39,9 @@ _FAST = {
 }  # fmt: skip
 
 # Multi-dimensional parameters that must also be out of weight decay, by name suffix.
-_EXTRA_NO_DECAY = ("pos_embedding", "class_token", "relative_position_bias_table", "layer_scale")
+_EXTRA_NO_DECAY = (
+    "pos_embedding", "class_token", "relative_position_bias_table", "layer_scale", "logit_scale"
+)  # fmt: skip
 
 
 def _arch_params() -> list[object]:
@@ -79,14 +81,20 @@ def test_every_arch_builds_and_takes_a_training_step(arch: str) -> None:
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
     named = dict(model.named_parameters())
     expected = {
-        n for n, p in named.items() if p.ndim <= 1 or n.rsplit(".", 1)[-1] in _EXTRA_NO_DECAY
+        n
+        for n, p in named.items()
+        if p.ndim <= 1 or n.rsplit(".", 1)[-1] in _EXTRA_NO_DECAY or ".cpb_mlp." in n
     }
     assert undecayed == {id(named[n]) for n in expected}
     assert decayed == {id(p) for n, p in named.items() if n not in expected}
-    extra = {n.rsplit(".", 1)[-1] for n in expected if named[n].ndim > 1}
+    extra = {
+        "cpb_mlp" if ".cpb_mlp." in n else n.rsplit(".", 1)[-1]
+        for n in expected
+        if named[n].ndim > 1
+    }
     wanted = {
         "vit": {"pos_embedding", "class_token"},
-        "swin": {"relative_position_bias_table"},
+        "swin": {"logit_scale", "cpb_mlp"} if "_v2_" in arch else {"relative_position_bias_table"},
         "maxvit": {"relative_position_bias_table"},
         "convnext": {"layer_scale"},
     }
