@@ -192,3 +192,25 @@ def test_trained_model_is_rebuilt_the_same_way(
         data, out / "best.pt", batch_size=4, backend="torch", workers=0, device="cpu"
     )
     assert result["samples"] == 4 and result["arch"] == arch
+
+
+def test_cli_arch_list_and_unknown_arch() -> None:
+    from click.testing import CliRunner
+
+    from recordkit_train.cli import main
+    from tests.conftest import assert_one_line_error
+
+    listed = CliRunner().invoke(main, ["run", "--arch", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert [line.split("\t")[0] for line in lines] == list(ARCHS)
+    assert "resnet18\tmin 8 px, small-input stem" in lines
+    assert "vit_b_16\tmin 16 px" in lines
+    wrong = CliRunner().invoke(main, ["run", "--arch", "convnext_tiney", "--synthetic"])
+    assert_one_line_error(
+        wrong, "unknown architecture 'convnext_tiney'", "did you mean convnext_tiny"
+    )
+    vit = CliRunner().invoke(
+        main, ["run", "--arch", "vit_b_16", "--image-size", "40", "--synthetic"]
+    )
+    assert_one_line_error(vit, "multiple of its patch size 16")
