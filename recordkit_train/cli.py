@@ -73,7 +73,7 @@ def _steps(value: str) -> tuple[int, ...]:
 @click.version_option(__version__, prog_name="recordkit-train")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """Distributed fp16 ResNet training on recordkit shards.
+    """Distributed fp16 training of torchvision models on recordkit shards.
 
     \b
     recordkit-train run --data shards/ --out runs/r50
@@ -88,7 +88,13 @@ def main(verbose: int) -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True
 )
-@click.option("--arch", default="resnet50", show_default=True, help="resnet18 … resnet152.")
+@click.option(
+    "--arch",
+    default="resnet50",
+    show_default=True,
+    help="Any torchvision classification model (resnet18, resnext50_32x4d, regnet_y_400mf, "
+    "efficientnet_b0, convnext_tiny, vit_b_16, ...); `--arch list` prints them all.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=90, show_default=True)
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Per rank."
@@ -107,14 +113,33 @@ def main(verbose: int) -> None:
 @click.option("--weight-decay", type=float, default=3.0517578125e-05, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option(
-    "--lr-schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
+    "--lr-schedule",
+    type=click.Choice(["cosine", "step", "linear", "onecycle"]),
+    default="cosine",
+    show_default=True,
+    help="Updated every step; the resolved schedule is printed at the start.",
 )
 @click.option(
-    "--warmup-epochs", type=float, default=None, help="Default: 5 for cosine, 0 for step."
+    "--warmup-epochs",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Linear warm-up, at most 20 % of the run. Default: 5 for cosine and linear, "
+    "0 for step; onecycle has its own.",
 )
 @click.option("--lr-step-epochs", default="30,60", show_default=True, help="For step.")
 @click.option("--lr-factor", type=float, default=0.1, show_default=True, help="For step.")
-@click.option("--zero-init-residual/--no-zero-init-residual", default=False, show_default=True)
+@click.option(
+    "--zero-init-residual/--no-zero-init-residual",
+    default=False,
+    show_default=True,
+    help="Zero the last BN scale of each residual block (ResNet family, RegNet).",
+)
+@click.option(
+    "--small-input/--no-small-input",
+    default=None,
+    help="CIFAR-style stem: 3x3 stride-1 first conv, no max-pool (ResNet family; RegNet: "
+    "stride-1 stem). Default: on at --image-size 64 or less for those models.",
+)
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for CUDA only.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers.")
 @click.option(
@@ -179,7 +204,16 @@ def run_cmd(
     device: str | None,
     **options: object,
 ) -> None:
-    """Train a ResNet on --data, writing config.json, metrics.jsonl, last.pt, best.pt to --out."""
+    """Train a model on --data, writing config.json, metrics.jsonl, last.pt, best.pt to --out."""
+    if options["arch"] == "list":
+        from recordkit_train.models import ARCHS, min_image_size, supports_small_input
+
+        for name in ARCHS:
+            notes = [f"min {min_image_size(name)} px"]
+            if supports_small_input(name):
+                notes.append("small-input stem")
+            click.echo(f"{name}\t{', '.join(notes)}")
+        return
     from recordkit_train.config import TrainConfig
     from recordkit_train.engine import train
 

@@ -20,7 +20,12 @@ from typing import Any
 import torch
 
 from recordkit.errors import RecordkitError
-from recordkit_train.models import ARCHS
+from recordkit_train.models import (
+    check_arch,
+    check_image_size,
+    check_small_input,
+    default_small_input,
+)
 from recordkit_train.optim import SCHEDULES, scaled_lr
 from recordkit_train.precision import PRECISIONS, resolve_precision
 
@@ -68,12 +73,14 @@ class TrainConfig:
     """Everything a training run depends on.
 
     ``None`` values are resolved by :meth:`resolved` (``precision``, ``lr``,
-    ``warmup_epochs``, ``channels_last``); the resolved configuration is what gets saved.
+    ``warmup_epochs``, ``channels_last``, ``small_input``); the resolved configuration is what
+    gets saved.
 
     Attributes:
         data: Shard directory (may be None with ``synthetic``).
         out: Output directory for ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
-        arch: Model architecture (:data:`recordkit_train.models.ARCHS`).
+        arch: Model architecture: any torchvision classification model
+            (:data:`recordkit_train.models.ARCHS`).
         epochs: Training length.
         batch_size: Images per rank per step.
         image_size: Training and validation crop side in pixels.
@@ -83,11 +90,16 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 penalty on convolution and linear weights.
         label_smoothing: Cross-entropy label smoothing.
-        lr_schedule: ``cosine`` or ``step``.
-        warmup_epochs: Linear warm-up length; None: 5 for cosine, 0 for step.
+        lr_schedule: ``cosine``, ``step``, ``linear`` or ``onecycle``
+            (:class:`recordkit_train.optim.LRSchedule`).
+        warmup_epochs: Linear warm-up length, capped at 20 % of the run's steps; None: 5 for
+            cosine and linear, 0 for step and onecycle (which has its own warm-up).
         lr_step_epochs: ``step``: epochs at which the rate is multiplied by ``lr_factor``.
         lr_factor: ``step``: the multiplier.
         zero_init_residual: Zero the last BatchNorm scale of each residual block.
+        small_input: The CIFAR-style stride-1 stem (ResNet and RegNet families); None: on at
+            ``image_size`` <= 64 for those families, off otherwise. Checkpoints written before
+            this option existed read as False.
         channels_last: NHWC memory format; None: on for CUDA, off otherwise.
         workers: Loader workers per rank; None: the loader's default.
         backend: Loader backend (``auto``, ``dali``, ``torch``).
@@ -129,6 +141,7 @@ class TrainConfig:
     lr_step_epochs: tuple[int, ...] = field(default=(30, 60))
     lr_factor: float = 0.1
     zero_init_residual: bool = False
+    small_input: bool | None = None
     channels_last: bool | None = None
     workers: int | None = None
     backend: str = "auto"
@@ -154,8 +167,17 @@ class TrainConfig:
         Raises:
             ConfigError: A value is out of range or unknown.
         """
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
+        try:
+            check_arch(self.arch)
+            if self.small_input:
+                check_small_input(self.arch)
+            small = self.small_input
+            if small is None:
+                small = default_small_input(self.arch, self.image_size)
+            if not small and self.image_size >= 1:
+                check_image_size(self.arch, self.image_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(
                 f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(SCHEDULES)}"
@@ -171,6 +193,8 @@ class TrainConfig:
             raise ConfigError("data is required (or use synthetic)")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.lr_schedule == "onecycle" and self.warmup_epochs:
+            raise ConfigError("onecycle has its own warm-up (30 % of the run); drop warmup_epochs")
         if self.dist_timeout is not None and not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.backbone_lr_scale > 0:
@@ -187,7 +211,8 @@ class TrainConfig:
             world_size: Number of ranks.
 
         Returns:
-            A copy with ``precision``, ``lr``, ``warmup_epochs`` and ``channels_last`` set.
+            A copy with ``precision``, ``lr``, ``warmup_epochs``, ``channels_last`` and
+            ``small_input`` set.
 
         Raises:
             ConfigError: The precision is not available on ``device``.
@@ -202,12 +227,18 @@ class TrainConfig:
             lr = scaled_lr(self.base_lr, batch_size=self.batch_size, world_size=world_size)
         warmup = self.warmup_epochs
         if warmup is None:
-            warmup = min(5.0, float(self.epochs)) if self.lr_schedule == "cosine" else 0.0
+            warmup = 0.0
+            if self.lr_schedule in ("cosine", "linear"):
+                warmup = min(5.0, float(self.epochs))
         channels_last = self.channels_last
         if channels_last is None:
             channels_last = dev.type == "cuda"
+        small_input = self.small_input
+        if small_input is None:
+            small_input = default_small_input(self.arch, self.image_size)
         return dataclasses.replace(
             self,
+            small_input=small_input,
             precision=precision,
             lr=lr,
             warmup_epochs=warmup,
@@ -268,8 +299,10 @@ class TrainConfig:
                 shown = repr(value)
                 shown = shown if len(shown) <= 40 else shown[:37] + "..."
                 raise ConfigError(f"{source}: config {key} = {shown} is not a {field_.type}")
+        # Written before the option existed (or unresolved): the ImageNet stem it was built with.
+        legacy = {} if values.get("small_input") is not None else {"small_input": False}
         try:
-            cfg = cls.from_dict({**values, **overrides})
+            cfg = cls.from_dict({**values, **legacy, **overrides})
         except (TypeError, ValueError, OverflowError) as exc:
             first = " ".join(str(exc).split())[:200]
             raise ConfigError(f"{source} has an unusable config: {first}") from None

@@ -106,7 +106,7 @@ def run_demo(work: str | Path, settings: DemoSettings | None = None) -> dict[str
         ["run", "--data", str(shards), "--out", str(run), "--arch", s.arch,
          "--epochs", str(s.epochs), "--batch-size", str(s.batch_size),
          "--image-size", str(s.image_size), "--lr", str(s.lr), "--warmup-epochs", "1",
-         "--print-freq", "10", *workers, *device],
+         "--print-freq", "10", "--no-small-input", *workers, *device],
     )  # fmt: skip
     result_file = run / "eval.json"
     print(f"\n== evaluate the best checkpoint\n$ recordkit-train eval --data {shards} "

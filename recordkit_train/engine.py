@@ -39,7 +39,7 @@ from recordkit_train.checkpoint import (
 )
 from recordkit_train.config import ConfigError, TrainConfig
 from recordkit_train.metrics import AccuracyMeter, LossMeter, read_meters
-from recordkit_train.models import build_model
+from recordkit_train.models import SMALL_INPUT_MAX_SIZE, build_model, supports_small_input
 from recordkit_train.optim import LRSchedule, build_optimizer, load_optimizer_state
 from recordkit_train.plot import plot_metrics
 from recordkit_train.precision import (
@@ -345,6 +345,8 @@ def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.
     return build_model(
         cfg.arch,
         num_classes,
+        image_size=cfg.image_size,
+        small_input=bool(cfg.small_input),
         zero_init_residual=cfg.zero_init_residual,
         channels_last=bool(cfg.channels_last),
     ).to(device)
@@ -593,6 +595,17 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             scaler=scaler,
             schedule=schedule,
         )
+    if env.is_main:
+        logger.info("%s", schedule.describe())
+        if cfg.small_input:
+            logger.info("model: %s with the small-input stem (3x3 stride 1)", cfg.arch)
+        elif cfg.image_size <= SMALL_INPUT_MAX_SIZE and not supports_small_input(cfg.arch):
+            logger.info(
+                "model: %s keeps its ImageNet stem at %d px (the small-input stem is for "
+                "ResNet and RegNet models)",
+                cfg.arch,
+                cfg.image_size,
+            )
     model = _ddp(model, env)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     out = Path(cfg.out)
@@ -792,7 +805,13 @@ def evaluate_checkpoint(
             prec = resolve_precision(requested, env.device)
         except ValueError:
             prec = resolve_precision(None, env.device)
-        model = build_model(cfg.arch, len(ds.classes), channels_last=bool(cfg.channels_last))
+        model = build_model(
+            cfg.arch,
+            len(ds.classes),
+            image_size=cfg.image_size,
+            small_input=bool(cfg.small_input),
+            channels_last=bool(cfg.channels_last),
+        )
         model.load_state_dict(state["model"])
         model.to(env.device)
         loader = recordkit.make_loader(

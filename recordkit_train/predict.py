@@ -95,10 +95,19 @@ def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
         raise ConfigError(f"{checkpoint} is not a recordkit-train checkpoint (no model/config)")
     cfg = TrainConfig.from_checkpoint(state, checkpoint, data=str(checkpoint), resume=None)
     weights = state["model"]
-    fc = weights.get("fc.weight") if isinstance(weights, dict) else None
-    if not isinstance(fc, torch.Tensor) or fc.dim() != 2 or fc.shape[0] < 1:
+    # The classifier is the last layer registered, so its weight is the last weight tensor of
+    # two or more dimensions in the state dict (fc.weight, classifier.1.weight, heads.head...).
+    heads = [
+        v
+        for k, v in (weights.items() if isinstance(weights, dict) else ())
+        if isinstance(k, str)
+        and k.endswith("weight")
+        and isinstance(v, torch.Tensor)
+        and v.dim() >= 2
+    ]
+    if not heads or heads[-1].shape[0] < 1:
         raise ConfigError(f"{checkpoint} holds no classifier weights (a 2-d fc.weight)")
-    num_classes = int(fc.shape[0])
+    num_classes = int(heads[-1].shape[0])
     names = state.get("classes")
     names = [] if names is None else names
     if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
@@ -111,8 +120,13 @@ def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
     epoch = state.get("epoch", 0)
     if type(epoch) is not int:
         raise ConfigError(f"{checkpoint}: epoch is a {type(epoch).__name__}, not an int")
-    model = build_model(cfg.arch, num_classes)
     try:
+        model = build_model(
+            cfg.arch,
+            num_classes,
+            image_size=cfg.image_size,
+            small_input=bool(cfg.small_input),
+        )
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, ValueError, AttributeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -30,6 +30,7 @@ from torch import nn
 
 from recordkit.errors import RecordkitError
 from recordkit_train.checkpoint import load_checkpoint
+from recordkit_train.models import head_name
 
 __all__ = [
     "HEAD",
@@ -45,7 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HEAD = "fc"
-"""Name of the classifier module in torchvision's ResNets; everything else is the backbone."""
+"""Name of the classifier module in torchvision's ResNets; everything else is the backbone.
+Other models' classifier is found by :func:`recordkit_train.models.head_name`."""
 
 _NESTED = ("state_dict", "model", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -74,8 +76,8 @@ class PretrainedReport:
     head_reset: bool = False
 
 
-def _is_head(name: str) -> bool:
-    return name.startswith(HEAD + ".")
+def _is_head(name: str, head: str = HEAD) -> bool:
+    return name.startswith(head + ".")
 
 
 def _strip(name: str) -> str:
@@ -139,6 +141,7 @@ def load_pretrained(
         PretrainedError: No backbone tensor of the file fits the model.
     """
     where = os.fspath(path)
+    head_module = head_name(model)
     source, source_classes = read_state_dict(path)
     target = model.state_dict()
     same_classes = not classes or not source_classes or list(classes) == source_classes
@@ -149,23 +152,23 @@ def load_pretrained(
             skipped[name] = "not in the model"
         elif tuple(tensor.shape) != tuple(target[name].shape):
             skipped[name] = f"shape {tuple(tensor.shape)} != {tuple(target[name].shape)}"
-        elif _is_head(name) and not same_classes:
+        elif _is_head(name, head_module) and not same_classes:
             skipped[name] = "class names differ"
         else:
             load[name] = tensor
-    if not any(not _is_head(n) for n in load):
+    if not any(not _is_head(n, head_module) for n in load):
         raise PretrainedError(
             f"{where}: none of its {len(source)} tensors fits this model "
             f"(first: {next(iter(source))}); is it a checkpoint of another architecture?"
         )
-    head_names = [n for n in target if _is_head(n)]
+    head_names = [n for n in target if _is_head(n, head_module)]
     head_reset = not all(n in load for n in head_names)
     if head_reset:  # all or nothing: never a half-loaded classifier
         for n in head_names:
             if n in load:
                 skipped[n] = "rest of the classifier does not fit"
                 del load[n]
-        head = getattr(model, HEAD, None)
+        head = model.get_submodule(head_module)
         if isinstance(head, nn.Module) and hasattr(head, "reset_parameters"):
             head.reset_parameters()
     model.load_state_dict(load, strict=False)
@@ -176,7 +179,7 @@ def load_pretrained(
         where,
         len(load),
         len(target),
-        f"; {HEAD} re-initialised ({len(head_names)} tensors)" if head_reset else "",
+        f"; {head_module} re-initialised ({len(head_names)} tensors)" if head_reset else "",
     )
     if skipped:
         logger.info(
@@ -185,7 +188,7 @@ def load_pretrained(
             len(skipped),
             ", ".join(f"{n} ({why})" for n, why in skipped.items()),
         )
-    backbone_kept = [n for n in kept if not _is_head(n)]
+    backbone_kept = [n for n in kept if not _is_head(n, head_module)]
     if backbone_kept:
         logger.warning(
             "pretrained %s: %d backbone tensors not in the file, left at initialisation: %s",
@@ -208,27 +211,29 @@ def freeze_backbone(model: nn.Module) -> int:
     Returns:
         The number of parameter tensors frozen.
     """
+    head = head_name(model)
     frozen = 0
     for name, param in model.named_parameters():
-        if not _is_head(name):
+        if not _is_head(name, head):
             param.requires_grad_(False)
             frozen += 1
-    logger.info("froze %d backbone parameter tensors; training %s only", frozen, HEAD)
+    logger.info("froze %d backbone parameter tensors; training %s only", frozen, head)
     return frozen
 
 
-def backbone_lr_scale(scale: float) -> Callable[[str], float] | None:
+def backbone_lr_scale(scale: float, head: str = HEAD) -> Callable[[str], float] | None:
     """The ``lr_scale`` for :func:`recordkit_train.optim.build_optimizer`.
 
     Args:
         scale: Learning-rate multiplier for the backbone (the classifier keeps 1).
+        head: The classifier's module name (:func:`recordkit_train.models.head_name`).
 
     Returns:
         ``name -> multiplier``, or None when ``scale == 1`` (one rate for all).
     """
     if scale == 1.0:
         return None
-    return lambda name: 1.0 if _is_head(name) else scale
+    return lambda name: 1.0 if _is_head(name, head) else scale
 
 
 def setup_finetuning(
@@ -267,4 +272,4 @@ def setup_finetuning(
         load_pretrained(model, pretrained, classes=classes)
     if freeze:
         freeze_backbone(model)
-    return backbone_lr_scale(lr_scale)
+    return backbone_lr_scale(lr_scale, head_name(model))

@@ -50,6 +50,7 @@ def _run(data: Path, out: Path, *extra: str):
     args = ["run", "--data", str(data), "--out", str(out), "--arch", "resnet18", "--epochs", "1",
             "--batch-size", "8", "--image-size", "32", "--precision", "fp32", "--lr", "0.05",
             "--warmup-epochs", "0", "--backend", "torch", "--workers", "0", "--device", "cpu",
+            "--no-small-input",
             *extra]  # fmt: skip
     return CliRunner().invoke(main, args)
 

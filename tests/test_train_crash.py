@@ -25,7 +25,7 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:  # noqa: F811
     return [
         "run", "--data", str(data), "--out", str(out), "--arch", "resnet18", "--epochs", "1",
         "--batch-size", "4", "--image-size", "32", "--precision", "fp32", "--backend", "torch",
-        "--workers", "0", "--device", "cpu", "--print-freq", "1", *extra,
+        "--workers", "0", "--device", "cpu", "--print-freq", "1", "--no-small-input", *extra,
     ]  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from recordkit_train.checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from recordkit_train.config import ConfigError, TrainConfig
 from recordkit_train.metrics import AccuracyMeter, LossMeter, topk_correct
 from recordkit_train.models import ARCHS, build_model
 from recordkit_train.optim import LRSchedule, build_optimizer, scaled_lr
@@ -42,7 +43,10 @@ from recordkit_train.precision import (
 
 
 def test_archs_listed() -> None:
-    assert ARCHS == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    import torchvision
+
+    assert set(ARCHS) == set(torchvision.models.list_models(module=torchvision.models))
+    assert {"resnet18", "resnext50_32x4d", "regnet_y_400mf", "vit_b_16"} <= set(ARCHS)
 
 
 def test_resnet50_is_v1_5_with_requested_classes() -> None:
@@ -78,9 +82,11 @@ def test_channels_last_parameters() -> None:
     )
 
 
-def test_unknown_arch_lists_choices() -> None:
-    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, resnet101, resnet152"):
-        build_model("vgg16", 10)
+def test_unknown_arch_suggests_close_names() -> None:
+    with pytest.raises(ValueError, match="did you mean resnet50"):
+        build_model("resnt50", 10)
+    with pytest.raises(ValueError, match="--arch list"):
+        build_model("transformer9000", 10)
 
 
 # ------------------------------------------------------------------------------------ precision
@@ -251,8 +257,8 @@ def test_schedule_apply_and_state_round_trip(tmp_path: Path) -> None:
 
 
 def test_schedule_validation() -> None:
-    with pytest.raises(ValueError, match="cosine, step"):
-        LRSchedule("linear", 0.1, 10, 10)
+    with pytest.raises(ValueError, match="cosine, step, linear, onecycle"):
+        LRSchedule("exponential", 0.1, 10, 10)
     with pytest.raises(ValueError, match="warmup_epochs"):
         LRSchedule("cosine", 0.1, 10, 10, warmup_epochs=11)
     with pytest.raises(ValueError, match="iters_per_epoch"):
@@ -467,3 +473,77 @@ def test_meters_all_reduce_under_torch_distributed(tmp_path: Path) -> None:
         assert loss.compute() == {"loss": 1.5, "samples": 4}
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------- schedules that fit the run
+
+
+def test_warmup_capped_so_a_short_run_peaks_and_decays() -> None:
+    # 5 epochs with the default 5 warm-up epochs: capped at 20 % of 5 x 10 steps = 10 steps.
+    s = LRSchedule("cosine", base_lr=0.5, epochs=5, iters_per_epoch=10, warmup_epochs=5)
+    assert s.requested_warmup_iters == 50 and s.warmup_iters == 10
+    assert s.lr_at(0, 0) == pytest.approx(0.05)
+    assert s.lr_at(0, 9) == pytest.approx(0.5)  # the peak, at the last warm-up step
+    assert s.lr_at(1, 0) == pytest.approx(0.5)
+    assert s.lr_at(3, 0) == pytest.approx(0.25)  # half way through the 40-step cosine
+    assert s.lr_at(4, 9) < 0.001
+    assert "10 warm-up steps (capped at 20% of the run; 5 warm-up epochs would be 50)" in (
+        s.describe()
+    )
+    # under the cap: untouched, and no note
+    short = LRSchedule("cosine", base_lr=0.5, epochs=10, iters_per_epoch=10, warmup_epochs=1)
+    assert short.warmup_iters == 10 and "capped" not in short.describe()
+
+
+def test_linear_schedule_values() -> None:
+    s = LRSchedule("linear", base_lr=1.0, epochs=10, iters_per_epoch=10, warmup_epochs=1,
+                   final_lr=0.1)  # fmt: skip
+    assert s.lr_at(0, 4) == pytest.approx(0.5)
+    assert s.lr_at(1, 0) == pytest.approx(1.0)
+    assert s.lr_at(5, 5) == pytest.approx(0.1 + 0.9 * (1 - 45 / 90))
+    assert s.lr_at(10, 0) == pytest.approx(0.1)
+    assert "peak 1, 100 steps, 10 warm-up steps; down to 0.1 at step 100" in s.describe()
+
+
+def test_onecycle_matches_torch_one_cycle_lr() -> None:
+    epochs, ipe, peak = 3, 10, 0.4  # the peak at step 0.3 x 30 - 1 = 8
+    s = LRSchedule("onecycle", base_lr=peak, epochs=epochs, iters_per_epoch=ipe)
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=peak)
+    ref = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=peak, total_steps=epochs * ipe, cycle_momentum=False
+    )
+    expected = []
+    for _ in range(epochs * ipe):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    ours = [s.lr_at(e, i) for e in range(epochs) for i in range(ipe)]
+    assert ours == pytest.approx(expected, rel=1e-9)
+    assert ours[0] == pytest.approx(peak / 25) and max(ours) == pytest.approx(peak)
+    with pytest.raises(ValueError, match="own warm-up"):
+        LRSchedule("onecycle", 0.1, 10, 10, warmup_epochs=1)
+
+
+def test_step_schedule_describes_its_milestones() -> None:
+    s = LRSchedule("step", base_lr=0.1, epochs=40, iters_per_epoch=5, step_epochs=(30, 60))
+    assert "x0.1 at epoch 30 (step 150)" in s.describe()
+    assert "no epoch inside the run" in LRSchedule("step", 0.1, 5, 5).describe()
+
+
+def test_schedule_from_an_old_checkpoint_keeps_its_uncapped_warmup() -> None:
+    state = LRSchedule("cosine", 1.0, 4, 10, warmup_epochs=2).state_dict()
+    del state["max_warmup_fraction"]
+    s = LRSchedule("cosine", 1.0, 1, 1)
+    s.load_state_dict(state)
+    assert s.warmup_iters == 20
+
+
+def test_config_warmup_defaults_per_schedule() -> None:
+    resolved = {
+        kind: TrainConfig(data="x", lr_schedule=kind).resolved("cpu").warmup_epochs
+        for kind in ("cosine", "linear", "step", "onecycle")
+    }
+    assert resolved == {"cosine": 5, "linear": 5, "step": 0, "onecycle": 0}
+    with pytest.raises(ConfigError, match="own warm-up"):
+        TrainConfig(data="x", lr_schedule="onecycle", warmup_epochs=1)
