@@ -2,12 +2,13 @@
 
 Each architecture is built at its smallest valid image size, its recipe rules are checked by
 value (zeroed residual BatchNorm scales, the exact no-weight-decay parameters, the classifier
-found by ``head_name``), then it takes one real SGD training step on two images. Large models
-are marked ``slow``.
+found by ``head_name``), then it takes one real SGD training step on two images. One or two
+models per family run always; the other 64 with ``RECORDKIT_TEST_ALL_ARCHS=1`` (all 80 passed).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,17 @@ _EXTRA_NO_DECAY = (
 )  # fmt: skip
 
 
+# The whole sweep takes ~10 min on a busy 2-core machine (vit_h_14 alone peaks at 8 GB): too
+# much for `make test`'s 10-minute budget, so the other 64 run on request.
+_ALL = bool(os.environ.get("RECORDKIT_TEST_ALL_ARCHS"))
+_ON_REQUEST = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not _ALL, reason="set RECORDKIT_TEST_ALL_ARCHS=1 to step every model"),
+]
+
+
 def _arch_params() -> list[object]:
-    return [pytest.param(a, marks=() if a in _FAST else pytest.mark.slow, id=a) for a in ARCHS]
+    return [pytest.param(a, marks=() if a in _FAST else _ON_REQUEST, id=a) for a in ARCHS]
 
 
 def _residual_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
