@@ -48,12 +48,31 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _NoBar:
+    """What :func:`_progress_bar` gives when no bar is shown: counts, draws nothing, and needs
+    no tqdm import (0.03-0.05 s of a command's start)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _progress_bar(total: int, unit: str, desc: str, *, quiet: bool = False, **kw: Any):
     """A tqdm bar on a terminal; a no-op object otherwise (CI logs, pipes, --quiet)."""
+    if quiet or not sys.stderr.isatty():
+        return _NoBar(total)
     from tqdm import tqdm
 
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, unit=unit, desc=desc, disable=disable, leave=False, **kw)
+    return tqdm(total=total, unit=unit, desc=desc, leave=False, **kw)
 
 
 def _bar_callback(bar: Any) -> Callable[[int, int], None]:

@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from conftest import assert_one_line_error, read_idx
+from PIL import Image
 
 from recordkit.cli import main
 from recordkit.format import framing
@@ -177,6 +178,33 @@ print("HEAVY", heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_pack_command_imports_only_what_it_uses(tmp_path):
+    """``recordkit pack -q`` writes records without protobuf (the Example is written directly)
+    and draws no bar, so neither protobuf nor tqdm (nor torch) is imported, nor
+    ``importlib.metadata`` (which ``crc32c``'s package ``__init__`` imports): start-up time
+    counts in every pack."""
+    img = tmp_path / "img" / "c"
+    img.mkdir(parents=True)
+    Image.new("RGB", (50, 40), (90, 90, 90)).save(img / "a.jpg")
+    code = f"""
+import sys
+from recordkit.cli import main
+for args in (["list", "{tmp_path}/d", "{tmp_path}/img", "--recursive"],
+             ["pack", "{tmp_path}/d", "{tmp_path}/img", "--out", "{tmp_path}/s", "-q",
+              "--threads", "1"]):
+    try:
+        main(args, standalone_mode=False)
+    except SystemExit as e:
+        assert not e.code, (args, e.code)
+heavy = ("torch", "nvidia.dali", "google.protobuf", "tqdm", "importlib.metadata")
+heavy = [m for m in heavy if m in sys.modules]
+print("HEAVY", heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    assert (tmp_path / "s" / "recordkit.json").is_file()
 
 
 def test_python_m_recordkit_and_version():

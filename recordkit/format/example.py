@@ -20,13 +20,13 @@ image/class/text   bytes    optional: the class name of the first label
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import DecodeError
-
-from recordkit.format import example_pb2
+if TYPE_CHECKING:
+    from recordkit.format import example_pb2
 
 __all__ = [
     "KEY_ENCODED",
@@ -108,16 +108,44 @@ class Record:
         return self.labels[0]
 
 
+@functools.cache
+def _proto() -> tuple[Any, type[Exception]]:
+    """The generated protobuf module and protobuf's ``DecodeError``, imported on first use:
+    writing image records needs no protobuf (:func:`image_example_parts` writes the bytes
+    directly), so ``recordkit pack`` does not pay for importing it."""
+    from google.protobuf.message import DecodeError
+
+    from recordkit.format import example_pb2
+
+    return example_pb2, DecodeError
+
+
+def _pb() -> Any:
+    return _proto()[0]
+
+
+def _parse(data: bytes) -> example_pb2.Example:
+    """``Example.FromString(data)``, a parse error as :class:`PayloadError`."""
+    pb, decode_error = _proto()
+    try:
+        return pb.Example.FromString(data)
+    except decode_error as exc:
+        raise PayloadError(f"not a valid tf.train.Example ({exc})") from None
+
+
 def _bytes_feature(values: Iterable[bytes]) -> example_pb2.Feature:
-    return example_pb2.Feature(bytes_list=example_pb2.BytesList(value=list(values)))
+    pb = _pb()
+    return pb.Feature(bytes_list=pb.BytesList(value=list(values)))
 
 
 def _int64_feature(values: Iterable[int]) -> example_pb2.Feature:
-    return example_pb2.Feature(int64_list=example_pb2.Int64List(value=list(values)))
+    pb = _pb()
+    return pb.Feature(int64_list=pb.Int64List(value=list(values)))
 
 
 def _float_feature(values: Iterable[float]) -> example_pb2.Feature:
-    return example_pb2.Feature(float_list=example_pb2.FloatList(value=list(values)))
+    pb = _pb()
+    return pb.Feature(float_list=pb.FloatList(value=list(values)))
 
 
 def encode_features(features: dict[str, Any]) -> bytes:
@@ -130,7 +158,7 @@ def encode_features(features: dict[str, Any]) -> bytes:
     Returns:
         The serialized ``Example``, deterministic for equal input (keys are sorted).
     """
-    ex = example_pb2.Example()
+    ex = _pb().Example()
     fmap = ex.features.feature
     for key in sorted(features):
         values = features[key]
@@ -161,10 +189,7 @@ def decode_features(data: bytes) -> dict[str, FeatureValue]:
     Raises:
         PayloadError: ``data`` does not parse as an ``Example``.
     """
-    try:
-        ex = example_pb2.Example.FromString(data)
-    except DecodeError as exc:
-        raise PayloadError(f"not a valid tf.train.Example ({exc})") from None
+    ex = _parse(data)
     out: dict[str, FeatureValue] = {}
     for key, feat in ex.features.feature.items():
         kind = feat.WhichOneof("kind")
@@ -345,10 +370,7 @@ def _one(fmap: Any, key: str, kind: str, default: Any) -> Any:
 
 def _image_features(data: bytes) -> tuple[Any, tuple[int, ...]]:
     """The feature map of an image ``Example`` and its labels, or the reason it is not one."""
-    try:
-        ex = example_pb2.Example.FromString(data)
-    except DecodeError as exc:
-        raise PayloadError(f"not a valid tf.train.Example ({exc})") from None
+    ex = _parse(data)
     f = ex.features.feature
     image = f.get(KEY_ENCODED)
     if image is None or not image.bytes_list.value:
