@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
+
+from crc32c import crc32c
 
 from recordkit.errors import CorruptRecordError, IndexMismatchError
 
@@ -36,41 +38,6 @@ _MASK_DELTA = 0xA282EAD8
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _HEADER = struct.Struct("<QI")
-
-
-def _load_crc32c() -> Callable[..., int]:
-    """The ``crc32c`` package's C function, loaded without running the package's ``__init__``.
-
-    That ``__init__`` imports ``importlib.metadata`` (and with it ``email``, ``zipfile``,
-    ``csv``) only to set ``__version__``: 0.03-0.05 s of CPU at the start of every command.
-    Its extension module ``crc32c._crc32c`` is loaded directly instead (not entered in
-    ``sys.modules``, so a later ``import crc32c`` is unaffected); any surprise in the package's
-    layout falls back to the plain import.
-    """
-    try:
-        import importlib.machinery
-        import importlib.util
-
-        spec = importlib.util.find_spec("crc32c")  # finds the package, does not run it
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-                path = os.path.join(folder, "_crc32c" + suffix)
-                if os.path.isfile(path):
-                    ext = importlib.util.spec_from_file_location("crc32c._crc32c", path)
-                    assert ext is not None and ext.loader is not None
-                    mod: Any = importlib.util.module_from_spec(ext)
-                    ext.loader.exec_module(mod)
-                    fn = mod.crc32c
-                    if fn(b"123456789") == 0xE3069283:  # the Castagnoli check value
-                        return fn
-    except (ImportError, OSError, AttributeError, AssertionError):
-        pass
-    from crc32c import crc32c as fn
-
-    return fn
-
-
-crc32c = _load_crc32c()
 
 
 def masked_crc(data: bytes | bytearray | memoryview) -> int:
