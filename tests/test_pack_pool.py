@@ -108,6 +108,27 @@ def test_tasks_that_end_early_keep_order_and_bytes(mixed, mode):
     assert got == run_task(jobs, image, MemoryBudget(1 << 30), TaskLimits(1 << 30, 1e9))[0]
 
 
+def test_a_later_task_read_first_reads_the_earlier_answers_in_order(mixed):
+    # a task that ended early is submitted again and read before tasks sent before it
+    prefix, root = mixed
+    jobs = jobs_of(prefix, root)
+    workers = ProcessWorkers(1)
+    budget = MemoryBudget(1 << 30)
+    limits = TaskLimits(1 << 30, 1e9)
+    try:
+        workers.setup((ImageOptions(), limits, 1 << 20))
+        wait_usable(workers)
+        parts = [jobs[:3], jobs[3:6], jobs[6:9]]
+        tasks = [workers.submit(p, budget, 10) for p in parts]
+        expected = [run_task(p, ImageOptions(), budget, limits)[0] for p in parts]
+        assert tasks[2].result()[0] == expected[2]
+        assert tasks[0].result()[0] == expected[0]
+        assert tasks[1].result()[0] == expected[1]
+        assert budget._free == budget.total
+    finally:
+        workers.close(kill=True)
+
+
 def test_a_worker_that_dies_fails_naming_its_files(mixed):
     prefix, root = mixed
     jobs = jobs_of(prefix, root)

@@ -427,7 +427,7 @@ class _Worker:
                 if not self._is_ready:
                     self._read_ready()
                 while self._queue and self._queue[0] is not task:  # a task sent before it
-                    self._queue.popleft().result()
+                    self._queue[0].result()  # reads its answer and takes it off the queue
                 msg = pickle.load(self._out)
                 self._queue.popleft()
             except (EOFError, OSError, pickle.UnpicklingError):
