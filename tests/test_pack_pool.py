@@ -108,6 +108,27 @@ def test_tasks_that_end_early_keep_order_and_bytes(mixed, mode):
     assert got == run_task(jobs, image, MemoryBudget(1 << 30), TaskLimits(1 << 30, 1e9))[0]
 
 
+def test_a_later_task_read_first_reads_the_earlier_answers_in_order(mixed):
+    # a task that ended early is submitted again and read before tasks sent before it
+    prefix, root = mixed
+    jobs = jobs_of(prefix, root)
+    workers = ProcessWorkers(1)
+    budget = MemoryBudget(1 << 30)
+    limits = TaskLimits(1 << 30, 1e9)
+    try:
+        workers.setup((ImageOptions(), limits, 1 << 20))
+        wait_usable(workers)
+        parts = [jobs[:3], jobs[3:6], jobs[6:9]]
+        tasks = [workers.submit(p, budget, 10) for p in parts]
+        expected = [run_task(p, ImageOptions(), budget, limits)[0] for p in parts]
+        assert tasks[2].result()[0] == expected[2]
+        assert tasks[0].result()[0] == expected[0]
+        assert tasks[1].result()[0] == expected[1]
+        assert budget._free == budget.total
+    finally:
+        workers.close(kill=True)
+
+
 def test_a_worker_that_dies_fails_naming_its_files(mixed):
     prefix, root = mixed
     jobs = jobs_of(prefix, root)
@@ -212,23 +233,3 @@ def test_interrupted_pack_on_processes_resumes_to_the_same_bytes(tmp_path, mixed
     assert not worker_children()  # stopped and reaped, not left behind
     pack(prefix, root, opts(out, shard_size=3, threads=2, pool="processes", resume=True))
     assert shard_bytes(out) == shard_bytes(reference)
-
-
-def test_answers_asked_for_out_of_order_come_back_right(mixed):
-    """A task resubmitted after one that ended early is asked for before tasks sent ahead of it
-    on the same worker: every earlier answer is read, kept, and handed to its own task."""
-    prefix, root = mixed
-    jobs = [j for j in jobs_of(prefix, root) if "img_" in j.path][:4]
-    image = ImageOptions()
-    workers = ProcessWorkers(1)
-    try:
-        workers.setup((image, DEFAULT_LIMITS, 1 << 20))
-        wait_usable(workers)
-        budget = MemoryBudget(1 << 30)
-        tasks = [workers.submit([job], budget, 0) for job in jobs]
-        answers = {k: tasks[k].result()[0] for k in (3, 1, 0, 2)}  # the last one first
-        for k, job in enumerate(jobs):
-            assert answers[k] == run_task([job], image, MemoryBudget(1 << 30), DEFAULT_LIMITS)[0]
-        assert workers._workers[0].outstanding == 0
-    finally:
-        workers.close(kill=True)

@@ -129,6 +129,30 @@ class ShardWriter:
             self._sync_behind()
         return offset
 
+    def write_framed_many(self, frames: list[bytes]) -> None:
+        """Append records that are already framed, in order: the same bytes, index and hash
+        as :meth:`write_framed` on each, with one write and one hash update for all of them
+        (the packer's writer spends less time per thumbnail)."""
+        if self._closed:
+            raise ValueError(f"write to closed ShardWriter {self.path}")
+        if not frames:
+            return
+        blob = b"".join(frames)
+        offset = self._offset
+        self._f.write(blob)
+        self._hash.update(blob)
+        if self._idx is not None:
+            lines = []
+            for framed in frames:
+                n = len(framed)
+                lines.append(f"{offset} {n}\n")
+                offset += n
+            self._idx.write("".join(lines))
+        self._offset += len(blob)
+        self._count += len(frames)
+        if self._fsync and self._offset - self._synced >= _SYNC_EVERY:
+            self._sync_behind()
+
     def _sync_behind(self) -> None:
         """Start an ``fdatasync`` of what is written so far, unless one is still running."""
         if self._syncer is not None and self._syncer.is_alive():

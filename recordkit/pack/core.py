@@ -144,6 +144,12 @@ def _start_early(root: str, splits: list[SplitList], opts: PackOptions) -> Proce
     return start_early(opts.pool, opts.threads, n, sample, opts.image)
 
 
+_WRITE_BATCH_RECORDS = 256
+_WRITE_BATCH_BYTES = 1 << 20
+"""The packer hands the writer this many records or bytes at a time (fewer calls per record;
+the bytes, index and hash are the same as one record at a time)."""
+
+
 def _write_shards(
     tasks: list[_Task],
     root: str,
@@ -191,22 +197,29 @@ def _write_shards(
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
             with ShardWriter(opts.out / shard.file, fsync=opts.fsync) as writer:
+                frames: list[bytes] = []  # written together (one write, one hash update)
+                held = 0
                 for j in range(shard.start, shard.stop):
                     framed, reason, nbytes = next(stream)
-                    entry = plan.entries[j]
                     stats.images += 1
                     stats.bytes_in += nbytes
                     if framed is None:
                         assert reason is not None
+                        entry = plan.entries[j]
                         if opts.strict:
                             where = text_path(os.path.join(root, entry.path))
                             raise PackError(f"{where}: {reason} (--strict)")
                         logger.info("skipping %s: %s", text_path(entry.path), reason)
                         skipped.append((text_path(entry.path.replace(os.sep, "/")), reason))
                     else:
-                        writer.write_framed(framed)
+                        frames.append(framed)
+                        held += len(framed)
+                        if held >= _WRITE_BATCH_BYTES or len(frames) >= _WRITE_BATCH_RECORDS:
+                            writer.write_framed_many(frames)
+                            frames, held = [], 0
                     if progress is not None:
                         progress(stats.images, total)
+                writer.write_framed_many(frames)
             info = writer.info
             assert info is not None
             stats.bytes_out += info.bytes
