@@ -83,3 +83,22 @@ def test_computing_ahead_leaves_the_callers_epoch_alone(shards: Path) -> None:
     ld = make(shards, 2)
     epoch_batches(ld, 4)
     assert ld.sampler.epoch == 4
+
+
+def test_objects_are_frozen_once_before_workers_fork(shards: Path, monkeypatch) -> None:
+    """gc.freeze() before the first fork of workers (not for a loader without workers), and
+    only once per process."""
+    import gc
+
+    from recordkit.loaders import torch_loader
+
+    calls: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+    monkeypatch.setattr(torch_loader, "_frozen_in", [])
+    epoch_batches(make(shards, 0), 0)
+    assert calls == []
+    ld = make(shards, 2)
+    epoch_batches(ld, 0)
+    assert calls == [1]
+    epoch_batches(make(shards, 2, train=False), 0)  # another fork: nothing more to freeze
+    assert calls == [1]

@@ -41,6 +41,7 @@ __all__ = [
     "Record",
     "encode_example",
     "example_parts",
+    "load_parser",
     "image_example_parts",
     "decode_example",
     "example_labels",
@@ -118,6 +119,13 @@ def _proto() -> tuple[Any, type[Exception]]:
     from recordkit.format import example_pb2
 
     return example_pb2, DecodeError
+
+
+def load_parser() -> None:
+    """Import protobuf and the generated ``Example`` module now, not at the first parse: a
+    loader calls it before forking its workers, which then share the imported modules instead
+    of each importing protobuf before its first record."""
+    _proto()
 
 
 def _pb() -> Any:
