@@ -12,6 +12,7 @@ from recordkit.dataset import Dataset, Split, open_dataset
 from recordkit.errors import CorruptRecordError
 from recordkit.format import framing
 from recordkit.format.example import PayloadError, Record, decode_example
+from recordkit.progress import skip_first
 from recordkit.safeio import open_regular
 
 if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
@@ -97,7 +98,7 @@ def inspect_dataset(
         done = [0]
         acc = _scan_split_fast(split, max_records, progress, done)
         if acc is None:  # something is wrong: record by record, for the exact error
-            acc = _scan_split(split, max_records, _skip_first(progress, done[0]))
+            acc = _scan_split(split, max_records, skip_first(progress, done[0]))
         hist, scanned = acc.hist, acc.scanned
 
         def cname(k: int) -> str:
@@ -258,21 +259,6 @@ def _count_formats(
                 formats[raw.decode("ascii", "replace")] += c
     for a, n in zip(start[~short].tolist(), size[~short].tolist(), strict=True):
         formats[block[a : a + n].decode("ascii", "replace")] += 1
-
-
-def _skip_first(progress: Progress | None, n: int) -> Progress | None:
-    """``progress`` without its first ``n`` records (already reported)."""
-    if progress is None or n == 0:
-        return progress
-    left = [n]
-
-    def report(k: int) -> None:
-        take = min(k, left[0])
-        left[0] -= take
-        if k > take:
-            progress(k - take)
-
-    return report
 
 
 def _human(n: float) -> str:

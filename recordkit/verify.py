@@ -24,6 +24,7 @@ from recordkit.format.index import (
 )
 from recordkit.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, read_manifest
 from recordkit.memory import MemoryBudget, decode_cost
+from recordkit.progress import skip_first
 from recordkit.safeio import InputFileError, open_regular
 
 if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
@@ -122,7 +123,7 @@ def verify_shard(
                 return fast
             # something is wrong: the record-at-a-time checks below say exactly what
             f.seek(0)
-            progress = _skip_first(progress, done[0])
+            progress = skip_first(progress, done[0])
         rep.bytes = size
         hasher = _BackgroundHash(sha, progress)
         try:
@@ -277,21 +278,6 @@ def _labels_ok(
         if _label_problem(labels, num_classes, max_labels) is not None:
             return False
     return True
-
-
-def _skip_first(progress: Progress | None, n: int) -> Progress | None:
-    """``progress`` without its first ``n`` bytes (already reported)."""
-    if progress is None or n == 0:
-        return progress
-    left = [n]
-
-    def report(k: int) -> None:
-        take = min(k, left[0])
-        left[0] -= take
-        if k > take:
-            progress(k - take)
-
-    return report
 
 
 def _label_problem(
