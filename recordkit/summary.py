@@ -12,13 +12,12 @@ from recordkit.dataset import Dataset, Split, open_dataset
 from recordkit.errors import CorruptRecordError
 from recordkit.format import framing
 from recordkit.format.example import PayloadError, Record, decode_example
-from recordkit.progress import skip_first
+from recordkit.progress import Progress, skip_first
 from recordkit.safeio import open_regular
 
 if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
     import numpy as np
 
-Progress = Callable[[int], None]
 
 __all__ = ["inspect_dataset", "format_summary"]
 

@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +23,13 @@ from recordkit.format.index import (
 )
 from recordkit.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, read_manifest
 from recordkit.memory import MemoryBudget, decode_cost
-from recordkit.progress import skip_first
+from recordkit.progress import Progress, skip_first
 from recordkit.safeio import InputFileError, open_regular
 
 if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
     import numpy as np
 
 __all__ = ["Problem", "VerifyReport", "verify", "verify_shard"]
-
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)

@@ -116,20 +116,11 @@ class ShardWriter:
         Returns:
             The byte offset at which the record starts.
         """
-        if self._closed:
-            raise ValueError(f"write to closed ShardWriter {self.path}")
         offset = self._offset
-        self._f.write(framed)
-        self._hash.update(framed)
-        if self._idx is not None:
-            self._idx.write(f"{offset} {len(framed)}\n")
-        self._offset += len(framed)
-        self._count += 1
-        if self._fsync and self._offset - self._synced >= _SYNC_EVERY:
-            self._sync_behind()
+        self.write_framed_many([framed])
         return offset
 
-    def write_framed_many(self, frames: list[bytes]) -> None:
+    def write_framed_many(self, frames: list[bytes | bytearray | memoryview]) -> None:
         """Append records that are already framed, in order: the same bytes, index and hash
         as :meth:`write_framed` on each, with one write and one hash update for all of them
         (the packer's writer spends less time per thumbnail)."""

@@ -155,18 +155,22 @@ class RecordSampler:
         """Select the epoch whose order the next iteration yields."""
         self.epoch = epoch
 
-    def indices(self) -> np.ndarray:
-        """This rank's indices for the current epoch (read-only; computed once per epoch and
-        settings, so a loader can compute them ahead, beside other work)."""
-        plan = (
+    def settings(self) -> tuple[Any, ...]:
+        """Everything but the epoch that decides what the sampler yields."""
+        return (
             self.num_records,
             self.rank,
             self.world_size,
             self.shuffle,
             self.seed,
-            self.epoch,
             self.drop_last,
+            self.with_seeds,
         )
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices for the current epoch (read-only; computed once per epoch and
+        settings, so a loader can compute them ahead, beside other work)."""
+        plan = (*self.settings(), self.epoch)
         if self._order is None or self._order[0] != plan:
             order = rank_indices(
                 self.num_records,

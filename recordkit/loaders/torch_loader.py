@@ -344,7 +344,7 @@ class _EpochStream:
 
     def follows(self, sampler: RecordSampler) -> bool:
         """Whether the stream was built from a sampler with ``sampler``'s settings."""
-        return _plan(self.sampler) == _plan(sampler)
+        return self.sampler.settings() == sampler.settings()
 
     def restart(self, sampler: RecordSampler) -> None:
         """Begin again at ``sampler``'s current epoch, with its settings."""
@@ -361,11 +361,6 @@ class _EpochStream:
                 self.handed_out += 1
                 yield batch
             sampler.set_epoch(sampler.epoch + 1)
-
-
-def _plan(sampler: RecordSampler) -> tuple[Any, ...]:
-    """A sampler's settings other than its epoch."""
-    return tuple(v for k, v in sorted(vars(sampler).items()) if k not in ("epoch", "_order"))
 
 
 _frozen_in: list[int] = []  # the pid that froze its objects (once per process)
@@ -515,8 +510,9 @@ class TorchLoader:
         ):
             self._stream.restart(self.sampler)
             self._share_index(self._stream.sampler)
-            self._batches = None  # a left-over iterator is reset by the next iter()
-            with on_device(self.device):  # see _iter_epoch
+            # with persistent workers, iter() resets a left-over iterator (dropping what it had
+            # prefetched) and starts the stream again; see _iter_epoch for the device
+            with on_device(self.device):
                 self._batches = iter(self.loader)
             self._stream_start, self._taken = epoch, 0
         batches = self._batches
@@ -532,8 +528,9 @@ class TorchLoader:
         """Read the split's index (one int64 array per shard) before forking the workers,
         which then share its pages instead of each reading every ``.idx`` file again. Spawned
         workers get the dataset pickled without it and read what they need themselves. The
-        epoch's order (a permutation of the split, ~45 ms at 1.28 M records) is computed on a
-        thread meanwhile; both run mostly in numpy without the GIL."""
+        epoch's order (a permutation of the split, 0.05-0.1 s at 1.28 M records) is computed on
+        a thread meanwhile; both are numpy, but each holds the GIL much of the time, so they
+        overlap only in part (docs/BENCHMARKS.md, "Index in memory")."""
         if self._num_workers > 0 and _workers_fork():
             load_parser()  # protobuf, imported once here rather than in every worker
             _freeze_gc_once()
