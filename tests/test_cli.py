@@ -163,18 +163,27 @@ def test_data_commands_do_not_import_torch_or_dali(tmp_path, shards):
     img = tmp_path / "img" / "c"
     img.mkdir(parents=True)
     (img / "a.jpg").write_bytes(b"x")
+    commands = [
+        ["list", f"{tmp_path}/out", f"{tmp_path}/img", "--recursive"],
+        ["verify", str(shards)],
+        ["inspect", str(shards)],
+        ["index", f"{shards}/val-00000-of-00002.tfrecord", "-o", f"{tmp_path}/x.idx"],
+    ]
+    assert_imports_none_of(commands, ("torch", "nvidia.dali", "tensorflow", "cv2"))
+
+
+def assert_imports_none_of(commands: list[list[str]], modules: tuple[str, ...]) -> None:
+    """Run the CLI ``commands`` in one fresh interpreter; each must succeed, and none of
+    ``modules`` may be imported by the end."""
     code = f"""
 import sys
 from recordkit.cli import main
-for args in (["list", "{tmp_path}/out", "{tmp_path}/img", "--recursive"],
-             ["verify", "{shards}"], ["inspect", "{shards}"], ["index",
-             "{shards}/val-00000-of-00002.tfrecord", "-o", "{tmp_path}/x.idx"]):
+for args in {commands!r}:
     try:
         main(args, standalone_mode=False)
     except SystemExit as e:
         assert not e.code, (args, e.code)
-heavy = [m for m in ("torch", "nvidia.dali", "tensorflow", "cv2") if m in sys.modules]
-print("HEAVY", heavy)
+print("HEAVY", [m for m in {modules!r} if m in sys.modules])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
@@ -187,21 +196,20 @@ def test_pack_command_imports_only_what_it_uses(tmp_path):
     img = tmp_path / "img" / "c"
     img.mkdir(parents=True)
     Image.new("RGB", (50, 40), (90, 90, 90)).save(img / "a.jpg")
-    code = f"""
-import sys
-from recordkit.cli import main
-for args in (["list", "{tmp_path}/d", "{tmp_path}/img", "--recursive"],
-             ["pack", "{tmp_path}/d", "{tmp_path}/img", "--out", "{tmp_path}/s", "-q",
-              "--threads", "1"]):
-    try:
-        main(args, standalone_mode=False)
-    except SystemExit as e:
-        assert not e.code, (args, e.code)
-heavy = [m for m in ("torch", "nvidia.dali", "google.protobuf", "tqdm") if m in sys.modules]
-print("HEAVY", heavy)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    commands = [
+        ["list", f"{tmp_path}/d", f"{tmp_path}/img", "--recursive"],
+        [
+            "pack",
+            f"{tmp_path}/d",
+            f"{tmp_path}/img",
+            "--out",
+            f"{tmp_path}/s",
+            "-q",
+            "--threads",
+            "1",
+        ],
+    ]
+    assert_imports_none_of(commands, ("torch", "nvidia.dali", "google.protobuf", "tqdm"))
     assert (tmp_path / "s" / "recordkit.json").is_file()
 
 
