@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +68,135 @@ def _steps(value: str) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
+
+
+def _pair(value: str | tuple[float, float] | None) -> tuple[float, float] | None:
+    """``"0.35,1"`` or ``"3/4,4/3"`` -> a float pair (a click callback's conversion)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    try:
+        parts = tuple(float(Fraction(v.strip())) for v in value.split(","))
+    except (ValueError, ZeroDivisionError):
+        parts = ()
+    if len(parts) != 2:
+        raise click.BadParameter(f"expected two comma-separated numbers MIN,MAX, got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def augment_options(fn: F) -> F:
+    """The augmentation, mixing and EMA options of ``run`` (docs/TRAINING.md)."""
+    options = [
+        click.option(
+            "--aug",
+            type=click.Choice(["rrc", "pad-crop", "none"]),
+            default="rrc",
+            show_default=True,
+            help="Training crop: random-resized-crop (ImageNet); pad-crop: zero-pad by --pad "
+            "and take a random crop (CIFAR); none: the validation transform, no flip.",
+        ),
+        click.option(
+            "--rrc-scale",
+            default="0.08,1",
+            show_default=True,
+            callback=lambda _c, _p, v: _pair(v),
+            help="rrc: crop area range MIN,MAX as fractions of the image area.",
+        ),
+        click.option(
+            "--rrc-ratio",
+            default="3/4,4/3",
+            show_default=True,
+            callback=lambda _c, _p, v: _pair(v),
+            help="rrc: crop aspect-ratio range MIN,MAX (width / height).",
+        ),
+        click.option(
+            "--pad",
+            type=click.IntRange(min=0),
+            default=4,
+            show_default=True,
+            help="pad-crop: zero pixels added on each side (the largest shift).",
+        ),
+        click.option(
+            "--hflip",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            show_default=True,
+            help="Mirror probability for training crops.",
+        ),
+        click.option(
+            "--val-resize-ratio",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=None,
+            help="Validation: resize the shorter side to image-size / ratio, then centre-crop. "
+            "Default: 0.875 with rrc (256 -> 224), 1 with pad-crop and none.",
+        ),
+        click.option(
+            "--auto-augment",
+            type=click.Choice(["none", "autoaugment", "randaugment", "trivialaugment"]),
+            default="none",
+            show_default=True,
+            callback=lambda _c, _p, v: None if v == "none" else v,
+            help="Policy on training crops: torchvision v2 (torch backend) or "
+            "nvidia.dali.auto_aug (DALI backend).",
+        ),
+        click.option(
+            "--ra-n",
+            type=click.IntRange(min=0),
+            default=2,
+            show_default=True,
+            help="RandAugment: operations per image.",
+        ),  # fmt: skip
+        click.option(
+            "--ra-m",
+            type=click.IntRange(0, 30),
+            default=9,
+            show_default=True,
+            help="RandAugment: magnitude (0-30).",
+        ),  # fmt: skip
+        click.option(
+            "--mixup",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Mixup alpha (e.g. 0.2); 0 = off. Soft-target loss; see docs/TRAINING.md.",
+        ),
+        click.option(
+            "--cutmix",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="CutMix alpha (e.g. 1.0); 0 = off.",
+        ),
+        click.option(
+            "--mixup-prob",
+            type=click.FloatRange(0, 1),
+            default=1.0,
+            show_default=True,
+            help="Probability that a batch is mixed.",
+        ),
+        click.option(
+            "--mixup-switch-prob",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            show_default=True,
+            help="With both --mixup and --cutmix: probability of CutMix for a batch.",
+        ),
+        click.option(
+            "--ema-decay",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="EMA of the weights (e.g. 0.9999), evaluated beside the model; 0 = off.",
+        ),
+        click.option(
+            "--ema-warmup/--no-ema-warmup",
+            default=False,
+            show_default=True,
+            help="EMA warm-up (timm): decay 1 - (1 + step)^-0.75, capped at --ema-decay.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -193,6 +323,7 @@ def main(verbose: int) -> None:
     default=None,
     help="Seconds to wait for a silent rank before failing (default: PyTorch's, 10-30 min).",
 )
+@augment_options
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @rank_errors
 @user_errors

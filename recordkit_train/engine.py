@@ -142,6 +142,7 @@ def _make_loaders(
         "num_workers": cfg.workers,
         "seed": cfg.seed,
         "gpu_decode": cfg.gpu_decode and device.type == "cuda",
+        "augment": cfg.augment(),
     }
     if "train" not in ds:
         raise ConfigError(f"{cfg.data} has no 'train' split (splits: {', '.join(ds)})")
@@ -827,6 +828,7 @@ def evaluate_checkpoint(
             drop_last=False,
             shuffle=False,
             num_workers=workers,
+            augment=cfg.augment(),
         )
         try:
             result: dict[str, Any] = dict(
