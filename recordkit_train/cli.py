@@ -374,6 +374,7 @@ def run_cmd(
 @click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default=None)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--use-ema", is_flag=True, help="Score the EMA weights (runs with --ema-decay).")
 @rank_errors
 @user_errors
 def eval_cmd(
@@ -386,6 +387,7 @@ def eval_cmd(
     precision: str | None,
     device: str | None,
     as_json: bool,
+    use_ema: bool,
 ) -> None:
     """Score a checkpoint on a split: top-1/top-5 over exactly its N records."""
     from recordkit_train.engine import evaluate_checkpoint
@@ -399,6 +401,7 @@ def eval_cmd(
         workers=workers,
         precision=precision,
         device=device,
+        use_ema=use_ema,
     )
     if as_json and os.environ.get("RANK", "0") == "0":
         click.echo(json.dumps(result))
@@ -440,6 +443,7 @@ def demo_cmd(work: Path, **options: object) -> None:
     "--exts", default=".jpg,.jpeg,.png", show_default=True, help="Image types taken from folders."
 )
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
+@click.option("--use-ema", is_flag=True, help="Predict with the EMA weights.")
 @user_errors
 def predict_cmd(
     inputs: tuple[Path, ...],
@@ -450,6 +454,7 @@ def predict_cmd(
     workers: int | None,
     exts: str,
     device: str | None,
+    use_ema: bool,
 ) -> None:
     """Classify image files and folders (recursively) with the validation preprocessing.
 
@@ -463,7 +468,7 @@ def predict_cmd(
     """
     from recordkit_train.predict import Prediction, Predictor, find_images
 
-    predictor = Predictor.from_checkpoint(checkpoint, device)
+    predictor = Predictor.from_checkpoint(checkpoint, device, use_ema=use_ema)
     paths = find_images(inputs, exts)
     if not paths:
         raise click.ClickException(f"no images with extensions {exts} under the given paths")
@@ -509,6 +514,7 @@ def predict_cmd(
     show_default=True,
     help="Tolerance, relative part (times the largest |logit|).",
 )
+@click.option("--use-ema", is_flag=True, help="Export (and check) the EMA weights.")
 @user_errors
 def export_cmd(
     checkpoint: Path,
@@ -519,6 +525,7 @@ def export_cmd(
     images: tuple[Path, ...],
     atol: float,
     rtol: float,
+    use_ema: bool,
 ) -> None:
     """Export a checkpoint to ONNX: uint8 RGB NCHW `images` in, float32 `logits` out.
 
@@ -533,14 +540,16 @@ def export_cmd(
     from recordkit_train.export import check_onnx, export_onnx
 
     if not check_only:
-        done = export_onnx(checkpoint, onnx_path, opset=opset)
+        done = export_onnx(checkpoint, onnx_path, opset=opset, use_ema=use_ema)
         click.echo(
             f"wrote {done.path}: opset {done.opset}, input images uint8 "
             f"(batch, 3, {done.image_size}, {done.image_size}), output logits float32 "
             f"(batch, {len(done.classes)}), {done.seconds:.1f} s"
         )
     if check or check_only:
-        results = check_onnx(onnx_path, checkpoint, images=images, atol=atol, rtol=rtol)
+        results = check_onnx(
+            onnx_path, checkpoint, images=images, atol=atol, rtol=rtol, use_ema=use_ema
+        )
         for result in results:
             click.echo(f"check {result.summary()}")
         if not all(r.passed for r in results):
