@@ -60,7 +60,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -277,15 +276,13 @@ def auto_augment_graph(images: Any, augment: Augment, image_size: int) -> Any:
 
     shape = (image_size, image_size)
     kind = augment.auto_augment
-    with warnings.catch_warnings():  # DALI 2.x's policies call its deprecated aliases
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if kind == "autoaugment":
-            return auto_augment.auto_augment(images, shape=shape, fill_value=128)
-        if kind == "randaugment":
-            return rand_augment.rand_augment(
-                images, n=augment.ra_n, m=augment.ra_m, shape=shape, fill_value=128
-            )
-        return trivial_augment.trivial_augment_wide(images, shape=shape, fill_value=128)
+    if kind == "autoaugment":
+        return auto_augment.auto_augment(images, shape=shape, fill_value=128)
+    if kind == "randaugment":
+        return rand_augment.rand_augment(
+            images, n=augment.ra_n, m=augment.ra_m, shape=shape, fill_value=128
+        )
+    return trivial_augment.trivial_augment_wide(images, shape=shape, fill_value=128)
 
 
 def build_pipeline(
