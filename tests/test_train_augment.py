@@ -293,3 +293,15 @@ def test_resume_restores_the_ema_and_the_mixing(
     for part in ("model", "ema"):
         for key, value in straight[part].items():
             torch.testing.assert_close(resumed[part][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_predict_and_export_take_the_ema_weights_with_use_ema(ema_run: Path) -> None:
+    from recordkit_train.predict import load_trained_model
+
+    last = load_checkpoint(ema_run / "last.pt")
+    for use_ema, part in ((False, "model"), (True, "ema")):
+        trained = load_trained_model(ema_run / "last.pt", use_ema=use_ema)
+        for key, value in trained.model.state_dict().items():
+            assert torch.equal(value, last[part][key]), (part, key)
+        # pad-crop runs validate (and so predict) at the training scale
+        assert trained.augment.val_resize_ratio == 1.0
