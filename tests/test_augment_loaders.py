@@ -117,7 +117,9 @@ def test_torch_auto_augment_changes_pixels_reproducibly(kind: str) -> None:
     plain = TrainDecode(S, Augment(mode="none", val_resize_ratio=1.0))(rec, 0)
     aug = Augment(mode="none", val_resize_ratio=1.0, auto_augment=kind, ra_n=2, ra_m=15)
     decode = TrainDecode(S, aug)
+    before = torch.get_rng_state()
     outs = [decode(rec, seed) for seed in range(12)]
+    assert torch.equal(torch.get_rng_state(), before)  # the process's RNG is left as it was
     for out in outs:
         assert out.shape == (3, S, S) and out.dtype == torch.uint8
     changed = sum(not torch.equal(o, plain) for o in outs)
