@@ -323,7 +323,9 @@ class EncodedDecode:
     Reads the JPEG header (never the pixels) to route the image: to nvJPEG with the crop chosen
     from the header's size, or, for CMYK/YCCK, unusual subsampling, 12-bit, lossless/arithmetic/
     hierarchical, EXIF-rotated, truncated, non-JPEG or unreadable data, decoded here exactly as
-    :class:`TrainDecode` / :class:`ValDecode` do (same seed, same crop).
+    :class:`TrainDecode` / :class:`ValDecode` do (same seed, same crop). Training samples of
+    modes other than ``rrc`` or with an ``auto_augment`` policy are always decoded here (the
+    batched GPU path does random-resized-crop + flip only).
     """
 
     image_size: int
