@@ -235,3 +235,28 @@ def test_gpu_decode_routes_non_rrc_training_to_the_cpu(shards: Path) -> None:
     aug = Augment(mode="pad-crop", pad=PAD, val_resize_ratio=1.0)
     sample = EncodedDecode(S, aug, train=True)(rec, 11)
     assert sample.data is None and torch.equal(sample.pixels, TrainDecode(S, aug)(rec, 11))
+
+
+@pytest.mark.dali
+@pytest.mark.slow
+def test_dali_auto_augment_epochs_reuse_the_graph_and_match_a_fresh_build(shards: Path) -> None:
+    """Later epochs deserialize the first pipeline with their seed: the batches equal those of
+    a loader that builds that epoch from scratch (as a resumed run does)."""
+    pytest.importorskip("nvidia.dali")
+    aug = Augment(mode="pad-crop", pad=PAD, val_resize_ratio=1.0, auto_augment="randaugment")
+    common = {"batch_size": 4, "image_size": S, "backend": "dali", "num_workers": 1, "seed": 2}
+    sequential = make_loader(shards, "train", augment=aug, epochs=2, **common)
+    list(sequential)  # epoch 0: defined (slow) and serialized
+    sequential.set_epoch(1)
+    assert sequential._serialized is not None
+    again = list(sequential)  # epoch 1: deserialized with epoch 1's seed
+    fresh = make_loader(shards, "train", augment=aug, epochs=2, **common)
+    fresh.set_epoch(1)
+    expected = list(fresh)  # epoch 1 defined from scratch
+    assert len(again) == len(expected) == 3
+    for (xa, ya), (xb, yb) in zip(again, expected, strict=True):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    # and epoch 1 differs from epoch 0's augmentation
+    sequential.set_epoch(0)
+    first = list(sequential)
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))

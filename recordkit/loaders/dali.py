@@ -49,6 +49,9 @@ Lifecycle:
   waiting), unless ``epochs`` says *e + 1* is past the end; the next epoch joins that thread
   (an exception raised there is raised here), and ``set_epoch`` to any other epoch discards it.
   Only the consuming thread reads outputs. :meth:`DaliLoader.close` joins and drops it all.
+  With an auto-augment policy (whose graph takes seconds to define) the first pipeline is kept
+  serialized and later ones are deserialized with their epoch's seed (:meth:`DaliLoader.
+  pipeline`).
 
 DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in file
 order, not a full permutation: records should be packed in shuffled order (``recordkit list``
@@ -479,6 +482,8 @@ class DaliLoader:
         self._kept: Pipeline | None = None
         self._kept_lead = 0  # padding batches of the previous pass still in the reader
         self._ahead: _Ahead | None = None
+        # (serialized graph, Pipeline arguments) of an auto-augment pipeline; see pipeline()
+        self._serialized: tuple[str, dict[str, Any]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         if device.type == "cuda":
             if device.index is None:
@@ -499,8 +504,35 @@ class DaliLoader:
         )
 
     def pipeline(self, epoch: int | None = None) -> Pipeline:
-        """A freshly built pipeline for ``epoch`` (default: the current epoch)."""
+        """A freshly built pipeline for ``epoch`` (default: the current epoch).
+
+        With an auto-augment policy, defining the graph costs seconds (AutoGraph traces the
+        policy's conditionals in Python: 11-23 s on a loaded 2-core box), so the first
+        pipeline is serialized and later epochs deserialize it with their own seed (~0.4 s):
+        the same operators, and the same batches as a fresh build with that seed (tested).
+        """
         epoch = self.epoch if epoch is None else epoch
+        seed = epoch_seed(self.seed, epoch, 1 + self.rank)
+        cached = self._serialized
+        if cached is not None:
+            graph, flags = cached
+            return Pipeline.deserialize(serialized_pipeline=graph, seed=seed, **flags)
+        pipe = self._define(seed)
+        if self.train and self.augment.auto_augment is not None:
+            flags = {
+                "batch_size": self.batch_size,
+                "num_threads": self.num_threads,
+                "device_id": self.device_id,
+                "prefetch_queue_depth": self._depth,
+                "exec_pipelined": pipe.exec_pipelined,
+                "exec_async": pipe.exec_async,
+                "exec_dynamic": pipe.exec_dynamic,
+            }
+            self._serialized = (pipe.serialize(), flags)
+        return pipe
+
+    def _define(self, seed: int) -> Pipeline:
+        """Define and build the pipeline with ``seed`` (:func:`build_pipeline`)."""
         return build_pipeline(
             [str(p) for p in self.split.files],
             [str(r.index_path) for r in self.split.readers],
@@ -511,7 +543,7 @@ class DaliLoader:
             shard_id=self.rank,
             num_shards=self.world_size,
             shuffle=self.shuffle,
-            seed=epoch_seed(self.seed, epoch, 1 + self.rank),
+            seed=seed,
             num_threads=self.num_threads,
             device_id=self.device_id,
             dtype=self.dtype,
