@@ -191,7 +191,7 @@ def augment_options(fn: F) -> F:
             "--ema-warmup/--no-ema-warmup",
             default=False,
             show_default=True,
-            help="EMA warm-up (timm): decay 1 - (1 + step)^-0.75, capped at --ema-decay.",
+            help="EMA warm-up (timm): decay 1 - k^(-2/3) at update k, capped at --ema-decay.",
         ),
     ]
     for option in reversed(options):

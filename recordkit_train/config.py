@@ -144,7 +144,7 @@ class TrainConfig:
         mixup_switch_prob: With both mixup and cutmix on, probability of CutMix for a batch.
         ema_decay: Exponential moving average of the weights with this decay, evaluated beside
             the model; 0 disables (:mod:`recordkit_train.ema`).
-        ema_warmup: timm's EMA warm-up: decay ``1 - (1 + step) ** -0.75`` up to ``ema_decay``.
+        ema_warmup: timm's EMA warm-up: decay ``min(ema_decay, 1 - k ** (-2/3))`` at update k.
     """
 
     data: str | None = None

@@ -6,8 +6,8 @@ model by ``1 - decay_k``::
     ema = decay_k * ema + (1 - decay_k) * model          (lerp, in place)
 
 with ``decay_1 = 0`` (the first update copies the model) and, for ``k >= 2``, ``decay_k =
-decay``, or with ``warmup`` ``min(decay, 1 - k' ** -(2/3))`` where ``k' = 1 + (k - 1)`` (timm:
-``1 - (1 + step / gamma) ** -power`` with ``gamma = 1``, ``power = 2/3``, ``step = k - 1``).
+decay``, or with ``warmup`` ``min(decay, 1 - k ** (-2/3))`` (timm: ``1 - (1 + step / gamma)
+** -power`` with ``gamma = 1``, ``power = 2/3`` and its ``step = k - 1``).
 Floating-point buffers (BatchNorm running statistics) are averaged the same way and integer
 ones (``num_batches_tracked``) copied (timm's default); ``copy_buffers=True`` copies every
 buffer instead (timm's ``exclude_buffers``).
