@@ -37,7 +37,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- contract 11: the GPU never waits for the host ----------------------------------------
 
 
-@pytest.mark.parametrize("prec", ["fp32", "fp16"])
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "fp32-mix-ema"])
 def test_training_steps_make_no_host_sync(
     data: Path, tmp_path: Path, prec: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -51,9 +51,11 @@ def test_training_steps_make_no_host_sync(
         # fp16 autocast on the CPU runs reference kernels (~1 s a step); the contract is the
         # loss-scaled step (GradScaler + fused SGD), which this keeps. Forward in fp32.
         monkeypatch.setattr(engine, "autocast", lambda *a: torch.autocast("cpu", enabled=False))
+    # mixup + CutMix on the device and the EMA update: no sync either
+    extra = {"mixup": 0.2, "cutmix": 1.0, "ema_decay": 0.99} if prec.endswith("mix-ema") else {}
     cfg = tiny_config(
-        data, tmp_path, epochs=1, batch_size=4, image_size=16, precision=prec,
-        print_freq=PRINT_FREQ,
+        data, tmp_path, epochs=1, batch_size=4, image_size=16, precision=prec.split("-")[0],
+        print_freq=PRINT_FREQ, **extra,
     )  # fmt: skip
     with SyncCounter() as syncs:
         result = train(cfg, device="cpu")
@@ -62,8 +64,9 @@ def test_training_steps_make_no_host_sync(
     in_epoch = syncs.count("_train_epoch")
     assert in_epoch == STEPS // PRINT_FREQ + 1, syncs.where("_train_epoch")
     assert in_epoch / STEPS < 0.2
-    # Validation reads its counts once per pass, whatever the number of batches (3 here).
-    assert syncs.count("evaluate") == 1, syncs.where("evaluate")
+    # Validation reads its counts once per pass, whatever the number of batches (3 here);
+    # with EMA there are two passes (the model and the average).
+    assert syncs.count("evaluate") == (2 if extra else 1), syncs.where("evaluate")
 
 
 def test_loaders_hand_over_the_autocast_dtype(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

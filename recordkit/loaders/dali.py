@@ -49,6 +49,9 @@ Lifecycle:
   waiting), unless ``epochs`` says *e + 1* is past the end; the next epoch joins that thread
   (an exception raised there is raised here), and ``set_epoch`` to any other epoch discards it.
   Only the consuming thread reads outputs. :meth:`DaliLoader.close` joins and drops it all.
+  With an auto-augment policy (whose graph takes seconds to define) the first pipeline is kept
+  serialized and later ones are deserialized with their epoch's seed (:meth:`DaliLoader.
+  pipeline`).
 
 DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in file
 order, not a full permutation: records should be packed in shuffled order (``recordkit list``
@@ -98,8 +101,10 @@ __all__ = [
     "DaliLoader",
     "build_pipeline",
     "check_dali_version",
+    "auto_augment_graph",
     "decode_augment",
     "decoder_kwargs",
+    "pad_crop_graph",
     "pack_image_bound",
     "reader_batches",
 ]
@@ -181,7 +186,19 @@ def decode_augment(
     decoder's GPU buffers (:func:`decoder_kwargs`).
     """
     dec_kw = decoder_kwargs(train=train, gpu=gpu, max_image=max_image)
-    if train:
+    mirror: Any = 0
+    if train and augment.mode != "rrc":
+        # pad-crop / none: the validation geometry first (as the torch backend's TrainDecode)
+        images = fn.decoders.image(jpegs, **dec_kw)
+        short = val_resize_size(image_size, augment.val_resize_ratio)
+        images = fn.resize(
+            images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True
+        )
+        images = fn.crop(images, crop=(image_size, image_size))
+        if augment.mode == "pad-crop":
+            images = pad_crop_graph(images, augment.pad, image_size)
+            mirror = fn.random.coin_flip(probability=augment.flip) if augment.flip > 0 else 0
+    elif train:
         images = fn.decoders.image_random_crop(
             jpegs,
             random_area=list(augment.scale),
@@ -205,7 +222,12 @@ def decode_augment(
         images = fn.resize(
             images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True
         )
-        mirror = 0
+    if train and augment.auto_augment is not None:
+        # crop -> flip -> policy, the torch backend's order: mirror before the policy
+        if not isinstance(mirror, int):
+            images = fn.flip(images, horizontal=mirror)
+            mirror = 0
+        images = auto_augment_graph(images, augment, image_size)
     return fn.crop_mirror_normalize(
         images,
         dtype=_DALI_DTYPES.get(dtype, types.FLOAT),
@@ -215,6 +237,55 @@ def decode_augment(
         std=list(augment.std255),
         mirror=mirror,
     )
+
+
+def pad_crop_graph(images: Any, pad: int, image_size: int, offsets: Any = None) -> Any:
+    """Pad-crop of ``image_size`` square HWC images (call inside a pipeline definition).
+
+    Output pixel ``(y, x)`` is input pixel ``(y + dy, x + dx)``, zero outside the image: a
+    ``fn.slice`` starting at ``(dy, dx)`` with ``out_of_bounds_policy="pad"``, i.e. a crop of
+    the image zero-padded by ``pad`` at ``(pad + dy, pad + dx)`` -- the torch backend's
+    :func:`~recordkit.loaders.decode.pad_crop`.
+
+    Args:
+        images: uint8 HWC images of ``image_size`` x ``image_size``.
+        pad: Largest shift; ``dx``, ``dy`` are uniform in ``-pad .. pad``.
+        image_size: Output side.
+        offsets: Per-sample int32 ``(dy, dx)`` to use instead of random ones (tests).
+
+    Returns:
+        The shifted images.
+    """
+    if offsets is None:
+        offsets = fn.random.uniform(
+            values=[float(v) for v in range(-pad, pad + 1)], shape=(2,), dtype=types.INT32
+        )
+    return fn.slice(
+        images,
+        offsets,
+        fn.constant(idata=[image_size, image_size], dtype=types.INT32),
+        axes=[0, 1],
+        out_of_bounds_policy="pad",
+        fill_values=0,
+    )
+
+
+def auto_augment_graph(images: Any, augment: Augment, image_size: int) -> Any:
+    """``augment.auto_augment`` with ``nvidia.dali.auto_aug`` on uint8 ``image_size`` HWC crops
+    (inside a pipeline built with ``enable_conditionals=True``): ``auto_augment`` (ImageNet
+    policy), ``rand_augment(n=ra_n, m=ra_m)`` or ``trivial_augment_wide``, translations relative
+    to the crop, fill 128. Runs on CPU and GPU (DALI 2.4; checked on the CPU)."""
+    from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+    shape = (image_size, image_size)
+    kind = augment.auto_augment
+    if kind == "autoaugment":
+        return auto_augment.auto_augment(images, shape=shape, fill_value=128)
+    if kind == "randaugment":
+        return rand_augment.rand_augment(
+            images, n=augment.ra_n, m=augment.ra_m, shape=shape, fill_value=128
+        )
+    return trivial_augment.trivial_augment_wide(images, shape=shape, fill_value=128)
 
 
 def build_pipeline(
@@ -299,6 +370,7 @@ def build_pipeline(
         return images, labels
 
     pipe = _pipe(
+        enable_conditionals=train and augment.auto_augment is not None,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,
@@ -410,6 +482,8 @@ class DaliLoader:
         self._kept: Pipeline | None = None
         self._kept_lead = 0  # padding batches of the previous pass still in the reader
         self._ahead: _Ahead | None = None
+        # (serialized graph, Pipeline arguments) of an auto-augment pipeline; see pipeline()
+        self._serialized: tuple[str, dict[str, Any]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         if device.type == "cuda":
             if device.index is None:
@@ -430,8 +504,35 @@ class DaliLoader:
         )
 
     def pipeline(self, epoch: int | None = None) -> Pipeline:
-        """A freshly built pipeline for ``epoch`` (default: the current epoch)."""
+        """A freshly built pipeline for ``epoch`` (default: the current epoch).
+
+        With an auto-augment policy, defining the graph costs seconds (AutoGraph traces the
+        policy's conditionals in Python: 11-23 s on a loaded 2-core box), so the first
+        pipeline is serialized and later epochs deserialize it with their own seed (~0.4 s):
+        the same operators, and the same batches as a fresh build with that seed (tested).
+        """
         epoch = self.epoch if epoch is None else epoch
+        seed = epoch_seed(self.seed, epoch, 1 + self.rank)
+        cached = self._serialized
+        if cached is not None:
+            graph, flags = cached
+            return Pipeline.deserialize(serialized_pipeline=graph, seed=seed, **flags)
+        pipe = self._define(seed)
+        if self.train and self.augment.auto_augment is not None:
+            flags = {
+                "batch_size": self.batch_size,
+                "num_threads": self.num_threads,
+                "device_id": self.device_id,
+                "prefetch_queue_depth": self._depth,
+                "exec_pipelined": pipe.exec_pipelined,
+                "exec_async": pipe.exec_async,
+                "exec_dynamic": pipe.exec_dynamic,
+            }
+            self._serialized = (pipe.serialize(), flags)
+        return pipe
+
+    def _define(self, seed: int) -> Pipeline:
+        """Define and build the pipeline with ``seed`` (:func:`build_pipeline`)."""
         return build_pipeline(
             [str(p) for p in self.split.files],
             [str(r.index_path) for r in self.split.readers],
@@ -442,7 +543,7 @@ class DaliLoader:
             shard_id=self.rank,
             num_shards=self.world_size,
             shuffle=self.shuffle,
-            seed=epoch_seed(self.seed, epoch, 1 + self.rank),
+            seed=seed,
             num_threads=self.num_threads,
             device_id=self.device_id,
             dtype=self.dtype,
