@@ -374,10 +374,18 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
 @click.option(
     "-o",
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("shards"),
+    default="shards",
     show_default=True,
-    help="Shard directory; other splits already in it are kept.",
+    help="Shard directory, or a URL (s3://bucket/ds/, gs://…, https://… with PUT): shards are "
+    "staged locally and uploaded as each finishes, the manifest last. Other splits already "
+    "there are kept.",
+)
+@click.option(
+    "--staging",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With a URL --out: local directory for shards waiting for upload (each is deleted "
+    "once uploaded). [default: $RECORDKIT_CACHE/pack-staging/<hash of the URL>]",
 )
 @click.option(
     "--resize",
@@ -482,7 +490,8 @@ def pack_cmd(
     args: tuple[str, ...],
     lists: tuple[Path, ...],
     split: str,
-    out: Path,
+    out: str,
+    staging: Path | None,
     resize: int,
     upscale: bool,
     resample: str,
@@ -516,6 +525,7 @@ def pack_cmd(
     recordkit pack mydata img_data --resize 480 --quality 95 --threads 16
     recordkit pack val/mydata val_img --out shards/       (adds a split)
     recordkit pack mydata img_data --resume               (after an interruption)
+    recordkit pack mydata img_data --out s3://bucket/ds/  (uploads; needs recordkit[s3])
     """
     from recordkit.imaging import ImageOptions
     from recordkit.pack import PackOptions, default_threads, pack
@@ -542,6 +552,7 @@ def pack_cmd(
         raise click.UsageError(str(exc)) from None
     options = PackOptions(
         out=out,
+        staging=staging,
         image=image,
         split=split,
         lists=lists,

@@ -30,6 +30,7 @@ from recordkit.pack.lists import (
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
 from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
 from recordkit.pack.pool import ProcessWorkers, ordered, start_early
+from recordkit.pack.remote import RemoteOutput
 from recordkit.pack.state import (
     DoneShard,
     StateFile,
@@ -154,10 +155,12 @@ def _write_shards(
     tasks: list[_Task],
     root: str,
     classes: list[str],
+    out: Path,
     opts: PackOptions,
     progress: Progress | None,
     stats: _Stats,
     early: ProcessWorkers | None = None,
+    remote: RemoteOutput | None = None,
 ) -> None:
     total = sum(t.shard.stop - t.shard.start for t in tasks)
     jobs = (
@@ -196,7 +199,7 @@ def _write_shards(
         for task in tasks:
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
-            with ShardWriter(opts.out / shard.file, fsync=opts.fsync) as writer:
+            with ShardWriter(out / shard.file, fsync=opts.fsync) as writer:
                 frames: list[bytes] = []  # written together (one write, one hash update)
                 held = 0
                 for j in range(shard.start, shard.stop):
@@ -230,7 +233,10 @@ def _write_shards(
                 bytes=info.bytes,
                 sha256=info.sha256,
             )
-            task.state.add(shard.number, DoneShard(done, tuple(skipped)))
+            finished = DoneShard(done, tuple(skipped))
+            task.state.add(shard.number, finished)
+            if remote is not None:  # uploaded while the next shard is packed
+                remote.shard_done(plan.name, shard.number, finished)
     finally:
         if stream is not None:
             stream.close()
@@ -279,13 +285,35 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
-    early = None if opts.merge else _start_early(root_s, splits, opts)
     classes, from_dirs = resolve_classes(splits, opts.pack_label)
+    if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
+        remote = RemoteOutput.open(opts)
+        try:
+            return _pack(
+                root_s, splits, classes, from_dirs, remote.staging, opts, progress, remote, t0
+            )
+        finally:
+            remote.close()
     out = opts.out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
+    return _pack(root_s, splits, classes, from_dirs, out, opts, progress, None, t0)
+
+
+def _pack(
+    root_s: str,
+    splits: list[SplitList],
+    classes: list[str],
+    from_dirs: bool,
+    out: Path,
+    opts: PackOptions,
+    progress: Progress | None,
+    remote: RemoteOutput | None,
+    t0: float,
+) -> PackResult:
+    early = None if opts.merge else _start_early(root_s, splits, opts)
     existing = read_existing_manifest(out)
     replaced_all = (
         existing is not None and opts.overwrite and set(existing.splits) <= {s.name for s in splits}
@@ -314,7 +342,10 @@ def pack(
     tasks: list[_Task] = []
     dones: dict[str, dict[int, DoneShard]] = {}
     for plan in plans:
-        done = _prepare(out, plan, opts)
+        if remote is not None:
+            done = remote.prepare(plan, _drop_split_from_manifest)
+        else:
+            done = _prepare(out, plan, opts)
         if done is None:
             logger.info("split %s is already packed in %s", plan.name, out)
             continue
@@ -336,13 +367,13 @@ def pack(
             )
 
     stats = _Stats()
-    _write_shards(tasks, root_s, classes, opts, progress, stats, early)
+    _write_shards(tasks, root_s, classes, out, opts, progress, stats, early, remote)
     if checked is not None:
         outside = checked.result()
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
-    manifest_path: Path | None = None
+    manifest_path: Path | str | None = None
     finals = []
     for plan in plans:
         if plan.name not in dones:
@@ -369,12 +400,17 @@ def pack(
     if opts.part[1] == 1:
         if finals:
             manifest_path = write_final_manifest(out, classes, from_dirs, finals, outside)
+            if remote is not None:  # last: every shard it names is uploaded
+                manifest_path = remote.publish([plan.name for plan, _, _ in finals])
             for plan, _, _ in finals:
                 _remove(state_files(out, plan.name))
+        elif remote is not None:
+            remote.finish_uploads()
+            manifest_path = remote.remote.child(MANIFEST_NAME)
         elif (out / MANIFEST_NAME).exists():
             manifest_path = out / MANIFEST_NAME
     return PackResult(
-        out=out,
+        out=opts.out,
         manifest=manifest_path,
         classes=classes,
         splits=results,

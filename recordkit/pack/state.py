@@ -32,9 +32,11 @@ __all__ = [
     "DoneShard",
     "StateFile",
     "finished_shards",
+    "parse_state",
     "read_existing_manifest",
     "state_files",
     "split_files",
+    "state_data",
     "write_final_manifest",
 ]
 
@@ -100,14 +102,7 @@ class StateFile:
         self.save()
 
     def save(self) -> None:
-        data = {
-            "version": STATE_VERSION,
-            "split": self.plan.name,
-            "fingerprint": self.plan.fingerprint,
-            "num_shards": len(self.plan.shards),
-            "part": list(self.part),
-            "shards": {str(k): v.to_dict() for k, v in sorted(self.done.items())},
-        }
+        data = state_data(self.plan, self.part, self.done)
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -121,6 +116,42 @@ class StateFile:
             if is_disk_full(exc):
                 raise DiskFullError(self.path, getattr(exc, "strerror", None)) from exc
             raise
+
+
+def state_data(
+    plan: SplitPlan, part: tuple[int, int], done: dict[int, DoneShard]
+) -> dict[str, Any]:
+    """The JSON content of a state file recording ``done`` shards of ``plan``."""
+    return {
+        "version": STATE_VERSION,
+        "split": plan.name,
+        "fingerprint": plan.fingerprint,
+        "num_shards": len(plan.shards),
+        "part": list(part),
+        "shards": {str(k): v.to_dict() for k, v in sorted(done.items())},
+    }
+
+
+def parse_state(data: dict[str, Any], where: str, plan: SplitPlan) -> dict[int, DoneShard]:
+    """The shards a state file's content records (empty when it is malformed).
+
+    Raises:
+        PackError: The state file was written for other lists or options.
+    """
+    if not isinstance(data, dict):
+        logger.warning("ignoring malformed state file %s: not a JSON object", where)
+        return {}
+    if data.get("fingerprint") != plan.fingerprint:
+        raise PackError(
+            f"{where} was written by a pack of split {plan.name!r} with other lists or "
+            "options; pack with the same ones, or use --overwrite to start over"
+        )
+    try:
+        shards = {int(k): DoneShard.from_dict(v) for k, v in data["shards"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        logger.warning("ignoring malformed state file %s: %s", where, exc)
+        return {}
+    return {k: v for k, v in shards.items() if 0 <= k < len(plan.shards)}
 
 
 def _load_state(path: Path) -> dict[str, Any] | None:
@@ -142,8 +173,11 @@ def _consistent(out: Path, entry: ShardEntry) -> bool:
         return False
 
 
-def finished_shards(out: Path, plan: SplitPlan) -> dict[int, DoneShard]:
-    """Finished shards of ``plan`` recorded by any state file in ``out``.
+def finished_shards(
+    out: Path, plan: SplitPlan, ignore: frozenset[int] = frozenset()
+) -> dict[int, DoneShard]:
+    """Finished shards of ``plan`` recorded by any state file in ``out`` (shard numbers in
+    ``ignore`` are not looked at).
 
     Raises:
         PackError: A state file of this split was written for other lists or options.
@@ -153,18 +187,10 @@ def finished_shards(out: Path, plan: SplitPlan) -> dict[int, DoneShard]:
         data = _load_state(path)
         if data is None:
             continue
-        if data.get("fingerprint") != plan.fingerprint:
-            raise PackError(
-                f"{path} was written by a pack of split {plan.name!r} with other lists or "
-                "options; pack with the same ones, or use --overwrite to start over"
-            )
-        try:
-            shards = {int(k): DoneShard.from_dict(v) for k, v in data["shards"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            logger.warning("ignoring malformed state file %s: %s", path, exc)
-            continue
-        for k, shard in shards.items():
-            if k < len(plan.shards) and _consistent(out, shard.entry):
+        for k, shard in parse_state(data, str(path), plan).items():
+            if k in ignore:
+                continue
+            if _consistent(out, shard.entry):
                 done[k] = shard
             else:
                 logger.warning(
