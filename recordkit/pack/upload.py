@@ -170,7 +170,9 @@ def _filesystem(url: str) -> tuple[Any, str]:
         ) from None
     scheme = url.split("://", 1)[0].lower()
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        # A fresh instance: fsspec's cache keys on arguments, not on the environment
+        # (AWS_ENDPOINT_URL, credentials) that the instance was built from.
+        fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except ImportError as exc:
         extra = _EXTRAS.get(scheme, "remote")
         raise RecordkitError(

@@ -1,0 +1,310 @@
+"""``recordkit pack --out s3://…`` against a real S3-compatible server (moto_server over HTTP):
+round trip, manifest last, resume after a kill, retries on 5xx, one-line 403/404 errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error
+from s3_server import Fault, Proxy, make_bucket, moto_server, s3_env, s3fs_for
+from test_pack import make_dataset, opts, run_cli, shard_bytes
+
+from recordkit.errors import RecordkitError
+from recordkit.format.manifest import MANIFEST_NAME
+from recordkit.pack import pack
+from recordkit.pack.upload import RemoteError, Retry, _permanent, is_url
+from recordkit.verify import verify
+
+pytest.importorskip("s3fs")
+
+SHARD = re.compile(r"/ds/((train|val)-\d{5}-of-\d{5})\.tfrecord$")
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(moto, request):
+    """A fresh, empty bucket on the module's server; its name."""
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    make_bucket(moto, name)
+    return name
+
+
+@pytest.fixture
+def env(moto, tmp_path, monkeypatch):
+    """The process environment of a pack to the moto server (fast retries, a private cache)."""
+    values = {
+        **s3_env(moto),
+        "RECORDKIT_CACHE": str(tmp_path / "cache"),
+        "RECORDKIT_RETRY_DELAY": "0.01",
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+@pytest.fixture
+def proxy(moto, monkeypatch):
+    p = Proxy(moto)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Lists + images (train 9, val 3) and the reference local pack at 2 records a shard."""
+    tmp = tmp_path_factory.mktemp("remote-pack")
+    prefix, root = make_dataset(tmp, per_class=4, train_ratio=0.75)
+    reference = tmp / "reference"
+    pack(prefix, root, opts(reference, shard_size=2, threads=2))
+    return prefix, root, reference
+
+
+def download(endpoint: str, bucket: str, dest: Path) -> Path:
+    fs = s3fs_for(endpoint)
+    dest.mkdir(parents=True)
+    for key in fs.ls(f"{bucket}/ds", detail=False):
+        (dest / key.rsplit("/", 1)[-1]).write_bytes(fs.cat_file(key))
+    return dest
+
+
+def remote_names(endpoint: str, bucket: str) -> list[str]:
+    fs = s3fs_for(endpoint)
+    try:
+        return sorted(k.rsplit("/", 1)[-1] for k in fs.ls(f"{bucket}/ds", detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def pack_args(data, bucket: str, *extra: object) -> list[object]:
+    prefix, root, _ = data
+    return ["pack", prefix, root, "--out", f"s3://{bucket}/ds/", "--shard-size", 2, "-q", *extra]
+
+
+def assert_same_as_reference(moto, bucket, data, tmp_path) -> None:
+    got = download(moto, bucket, tmp_path / "downloaded")
+    assert verify(got).ok
+    assert shard_bytes(got) == shard_bytes(data[2])
+    manifest = json.loads((got / MANIFEST_NAME).read_text())
+    ref = json.loads((data[2] / MANIFEST_NAME).read_text())
+    assert manifest["splits"] == ref["splits"]
+    assert not [n for n in os.listdir(got) if n.startswith(".pack-state")]
+
+
+# --------------------------------------------------------------------------------------------
+def test_is_url():
+    assert is_url("s3://b/ds") and is_url("gs://b") and is_url("https://h/x/")
+    assert not is_url("shards") and not is_url("/abs/path") and not is_url("file:///tmp/x")
+
+
+def test_pack_to_s3_uploads_same_bytes_and_manifest_last(moto, bucket, env, proxy, data, tmp_path):
+    res = run_cli(*pack_args(data, bucket))
+    assert res.exit_code == 0, res.output
+    assert_same_as_reference(moto, bucket, data, tmp_path)
+    puts = proxy.puts(f"/{bucket}/ds/")
+    names = [p.rsplit("/", 1)[-1] for p in puts]
+    # every shard and index once, the manifest once and after all of them
+    shards = [n for n in names if n.endswith((".tfrecord", ".idx"))]
+    assert sorted(shards) == sorted(n for n in shard_bytes(data[2]) if not n.startswith("."))
+    assert len(set(shards)) == len(shards)
+    assert names.count(MANIFEST_NAME) == 1
+    assert names.index(MANIFEST_NAME) > max(names.index(n) for n in shards)
+    # state files were written along the way and deleted after the manifest
+    assert any(n.startswith(".pack-state.train") for n in names)
+    assert not [n for n in remote_names(moto, bucket) if n.startswith(".pack-state")]
+    # staging space was given back
+    staging = Path(env["RECORDKIT_CACHE"]) / "pack-staging"
+    assert not [p for p in staging.rglob("*") if p.is_file()]
+
+
+def test_second_pack_refuses_then_overwrite_replaces(moto, bucket, env, data, tmp_path):
+    assert run_cli(*pack_args(data, bucket)).exit_code == 0
+    assert_one_line_error(run_cli(*pack_args(data, bucket)), "already packed", f"s3://{bucket}/ds")
+    res = run_cli(*pack_args(data, bucket, "--resume"))
+    assert res.exit_code == 0, res.output  # nothing to do
+    res = run_cli(*pack_args(data, bucket, "--overwrite"))
+    assert res.exit_code == 0, res.output
+    assert_same_as_reference(moto, bucket, data, tmp_path)
+
+
+def test_retries_transient_5xx(moto, bucket, env, proxy, data, tmp_path):
+    fault = Fault("PUT", r"\.tfrecord$", status=503, times=3)
+    proxy.faults.append(fault)
+    res = run_cli(*pack_args(data, bucket))
+    assert res.exit_code == 0, res.output
+    assert fault.hits == 3
+    assert_same_as_reference(moto, bucket, data, tmp_path)
+
+
+def test_persistent_5xx_fails_with_one_line_and_no_manifest(moto, bucket, env, proxy, data):
+    os.environ["RECORDKIT_RETRIES"] = "3"  # monkeypatch (env fixture) restores the rest
+    try:
+        proxy.faults.append(Fault("PUT", r"-00001-of-00005\.tfrecord$", status=500))
+        res = run_cli(*pack_args(data, bucket))
+    finally:
+        del os.environ["RECORDKIT_RETRIES"]
+    assert_one_line_error(
+        res, f"s3://{bucket}/ds/train-00001-of-00005.tfrecord", "after 3 attempt(s)"
+    )
+    assert proxy.faults[0].hits == 3
+    assert MANIFEST_NAME not in remote_names(moto, bucket)
+
+
+def test_missing_bucket_is_one_line_404(env, data):
+    res = run_cli(*pack_args(data, "no-such-bucket"))
+    assert_one_line_error(res, "s3://no-such-bucket/", "not found (404")
+
+
+def test_access_denied_is_one_line_403(bucket, env, proxy, data):
+    proxy.faults.append(Fault("GET", rf"^/{bucket}", status=403))
+    res = run_cli(*pack_args(data, bucket))
+    assert_one_line_error(res, f"s3://{bucket}/", "access denied (403)")
+
+
+def test_write_denied_fails_before_packing(moto, bucket, env, proxy, data):
+    proxy.faults.append(Fault("PUT", rf"^/{bucket}/", status=403))
+    res = run_cli(*pack_args(data, bucket))
+    assert_one_line_error(res, f"s3://{bucket}/ds/.pack-state.", "access denied (403)")
+    assert not proxy.puts(r"\.tfrecord")
+
+
+def test_missing_extra_names_the_pip_install(env, data):
+    try:
+        import gcsfs  # noqa: F401
+
+        pytest.skip("gcsfs is installed")
+    except ImportError:
+        pass
+    res = run_cli(*pack_args(data, "b")[:3], "--out", "gs://b/ds")
+    assert_one_line_error(res, "gs://b/ds", "pip install 'recordkit[gcs]'")
+
+
+def test_retry_classification():
+    assert _permanent(PermissionError("AccessDenied")).startswith("access denied (403)")
+    assert _permanent(FileNotFoundError("NoSuchBucket")).startswith("not found (404")
+    assert _permanent(ConnectionResetError()) is None
+    assert _permanent(TimeoutError()) is None
+    assert _permanent(OSError(5, "Service Unavailable")) is None
+
+    class NoCredentialsError(Exception):
+        pass
+
+    assert "no credentials" in _permanent(NoCredentialsError("Unable to locate credentials"))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+
+    assert Retry(attempts=3, delay=0).call(flaky, "s3://b/x", "upload") == "ok"
+    calls.clear()
+    with pytest.raises(RemoteError, match=r"s3://b/x: cannot upload after 2 attempt\(s\)"):
+        Retry(attempts=2, delay=0).call(flaky, "s3://b/x", "upload")
+    with pytest.raises(RemoteError, match="access denied"):
+        Retry(attempts=5, delay=0).call(
+            lambda: (_ for _ in ()).throw(PermissionError("x")), "s3://b/x", "upload"
+        )
+    assert issubclass(RemoteError, RecordkitError)
+
+
+def _state(endpoint: str, bucket: str, split: str = "train") -> dict:
+    fs = s3fs_for(endpoint)
+    try:
+        return json.loads(fs.cat_file(f"{bucket}/ds/.pack-state.{split}.json"))
+    except FileNotFoundError:
+        return {}
+
+
+def recorded(endpoint: str, bucket: str) -> set[str]:
+    """Shard names (no suffix) the remote state files record as uploaded."""
+    out = set()
+    for split in ("train", "val"):
+        for entry in _state(endpoint, bucket, split).get("shards", {}).values():
+            out.add(entry["file"].removesuffix(".tfrecord"))
+    return out
+
+
+ALL = {f"train-{k:05d}-of-00005" for k in range(5)} | {f"val-{k:05d}-of-00002" for k in range(2)}
+
+
+@pytest.mark.slow
+def test_killed_upload_resumes_without_uploading_a_shard_twice(
+    moto, bucket, env, proxy, data, tmp_path
+):
+    """Kill -9 while shard 2's upload hangs; --resume uploads only what the remote state does
+    not record as complete, and the manifest appears only at the end."""
+    hold = Fault("PUT", r"train-00002-of-00005\.tfrecord$", hold=True)
+    proxy.faults.append(hold)
+    cmd = [sys.executable, "-m", "recordkit"] + [str(a) for a in pack_args(data, bucket)]
+    child_env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert hold.held.wait(60), proc.communicate(timeout=5)
+        deadline = time.monotonic() + 30  # shard 1 was submitted before 2; let it land
+        while {"train-00000-of-00005", "train-00001-of-00005"} - recorded(moto, bucket):
+            assert time.monotonic() < deadline, recorded(moto, bucket)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    hold.release.set()
+    proxy.faults.clear()
+    before = recorded(moto, bucket)
+    assert "train-00002-of-00005" not in before
+    assert {"train-00000-of-00005", "train-00001-of-00005"} <= before
+    names = remote_names(moto, bucket)
+    assert MANIFEST_NAME not in names  # an interrupted pack is not a dataset
+    first = [SHARD.search(p).group(1) for p in proxy.puts(r"\.tfrecord$")]
+    proxy.log.clear()
+
+    res = run_cli(*pack_args(data, bucket))  # without --resume: refused, names the way out
+    assert_one_line_error(res, "unfinished pack", "--resume")
+    res = run_cli(*pack_args(data, bucket, "--resume"))
+    assert res.exit_code == 0, res.output
+    second = [SHARD.search(p).group(1) for p in proxy.puts(r"\.tfrecord$")]
+    assert sorted(second) == sorted(ALL - before)  # each once; none recorded goes up again
+    assert "train-00002-of-00005" in second  # the one cut off
+    assert set(first) <= before | {"train-00002-of-00005"} | set(second)
+    assert_same_as_reference(moto, bucket, data, tmp_path)
+
+
+def test_resume_with_a_fresh_staging_directory_repacks_only_missing_shards(
+    moto, bucket, env, proxy, data, tmp_path
+):
+    """An upload that failed for good (the process exits with an error), resumed from another
+    staging directory (another machine): only the shards the remote state lacks go up."""
+    os.environ["RECORDKIT_RETRIES"] = "2"
+    try:
+        proxy.faults.append(Fault("PUT", r"train-00003-of-00005\.tfrecord$", status=500))
+        res = run_cli(*pack_args(data, bucket, "--staging", tmp_path / "stage1"))
+    finally:
+        del os.environ["RECORDKIT_RETRIES"]
+    assert_one_line_error(res, "train-00003-of-00005.tfrecord")
+    proxy.faults.clear()
+    before = recorded(moto, bucket)
+    assert "train-00003-of-00005" not in before and before
+    assert MANIFEST_NAME not in remote_names(moto, bucket)
+    proxy.log.clear()
+    res = run_cli(*pack_args(data, bucket, "--resume", "--staging", tmp_path / "stage2"))
+    assert res.exit_code == 0, res.output
+    second = [SHARD.search(p).group(1) for p in proxy.puts(r"\.tfrecord$")]
+    assert sorted(second) == sorted(ALL - before)
+    assert_same_as_reference(moto, bucket, data, tmp_path)
