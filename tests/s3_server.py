@@ -53,14 +53,20 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """Start ``moto_server`` on a free port; yield its endpoint URL; stop it."""
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start ``moto_server`` on a free port (with ``env`` added to its environment); yield
+    its endpoint URL; stop it."""
     pytest.importorskip("s3fs")
     port = free_port()
     cmd = _moto_command(port)
     if cmd is None:
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -174,6 +174,25 @@ def test_access_denied_is_one_line_403(bucket, env, proxy, data):
     assert_one_line_error(res, f"s3://{bucket}/", "access denied (403)")
 
 
+def test_unknown_access_key_is_one_line_403(data, tmp_path, monkeypatch):
+    """A server that checks credentials (moto with authentication on) refuses ours."""
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        for k, v in {**s3_env(endpoint), "RECORDKIT_CACHE": str(tmp_path)}.items():
+            monkeypatch.setenv(k, v)
+        res = run_cli(*pack_args(data, "bucket"))
+    assert_one_line_error(res, "s3://bucket/", "access denied (403)", "Access Key Id")
+
+
+def test_no_credentials_is_one_line(env, data, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    res = run_cli(*pack_args(data, "bucket"))
+    assert_one_line_error(res, "s3://bucket/", "no credentials")
+
+
 def test_write_denied_fails_before_packing(moto, bucket, env, proxy, data):
     proxy.faults.append(Fault("PUT", rf"^/{bucket}/", status=403))
     res = run_cli(*pack_args(data, bucket))
