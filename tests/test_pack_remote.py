@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error
-from s3_server import Fault, Proxy, make_bucket, moto_server, s3_env, s3fs_for
+from remote_servers import MotoServer
 from test_pack import make_dataset, opts, run_cli, shard_bytes
+from upload_proxy import Fault, Proxy, make_bucket, s3_env, s3fs_for
 
-from recordkit.errors import RecordkitError
 from recordkit.format.manifest import MANIFEST_NAME
 from recordkit.pack import pack
-from recordkit.pack.upload import RemoteError, Retry, _permanent, is_url
+from recordkit.pack.upload import is_url
+from recordkit.remote import fs as remote_fs
 from recordkit.verify import verify
 
 pytest.importorskip("s3fs")
@@ -28,10 +29,10 @@ pytest.importorskip("s3fs")
 SHARD = re.compile(r"/ds/((train|val)-\d{5}-of-\d{5})\.tfrecord$")
 
 
-@pytest.fixture(scope="module")
-def moto():
-    with moto_server() as endpoint:
-        yield endpoint
+@pytest.fixture
+def moto(moto_server):
+    """The shared moto server's endpoint (``tests/conftest.py``)."""
+    return moto_server.endpoint
 
 
 @pytest.fixture
@@ -48,17 +49,19 @@ def env(moto, tmp_path, monkeypatch):
     values = {
         **s3_env(moto),
         "RECORDKIT_CACHE": str(tmp_path / "cache"),
-        "RECORDKIT_RETRY_DELAY": "0.01",
+        "RECORDKIT_REMOTE_BACKOFF": "0.01",  # for subprocesses
     }
     for k, v in values.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setattr(remote_fs, "BACKOFF", 0.01)
     return values
 
 
 @pytest.fixture
 def proxy(moto, monkeypatch):
     p = Proxy(moto)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+    for k, v in s3_env(p.url).items():
+        monkeypatch.setenv(k, v)
     yield p
     p.close()
 
@@ -149,15 +152,14 @@ def test_retries_transient_5xx(moto, bucket, env, proxy, data, tmp_path):
     assert_same_as_reference(moto, bucket, data, tmp_path)
 
 
-def test_persistent_5xx_fails_with_one_line_and_no_manifest(moto, bucket, env, proxy, data):
-    os.environ["RECORDKIT_RETRIES"] = "3"  # monkeypatch (env fixture) restores the rest
-    try:
-        proxy.faults.append(Fault("PUT", r"-00001-of-00005\.tfrecord$", status=500))
-        res = run_cli(*pack_args(data, bucket))
-    finally:
-        del os.environ["RECORDKIT_RETRIES"]
+def test_persistent_5xx_fails_with_one_line_and_no_manifest(
+    moto, bucket, env, proxy, data, monkeypatch
+):
+    monkeypatch.setattr(remote_fs, "RETRIES", 2)
+    proxy.faults.append(Fault("PUT", r"-00001-of-00005\.tfrecord$", status=500))
+    res = run_cli(*pack_args(data, bucket))
     assert_one_line_error(
-        res, f"s3://{bucket}/ds/train-00001-of-00005.tfrecord", "after 3 attempt(s)"
+        res, f"s3://{bucket}/ds/train-00001-of-00005.tfrecord", "after 3 attempts"
     )
     assert proxy.faults[0].hits == 3
     assert MANIFEST_NAME not in remote_names(moto, bucket)
@@ -165,7 +167,7 @@ def test_persistent_5xx_fails_with_one_line_and_no_manifest(moto, bucket, env, p
 
 def test_missing_bucket_is_one_line_404(env, data):
     res = run_cli(*pack_args(data, "no-such-bucket"))
-    assert_one_line_error(res, "s3://no-such-bucket/", "not found (404")
+    assert_one_line_error(res, "s3://no-such-bucket/", "not found (404)")
 
 
 def test_access_denied_is_one_line_403(bucket, env, proxy, data):
@@ -176,11 +178,12 @@ def test_access_denied_is_one_line_403(bucket, env, proxy, data):
 
 def test_unknown_access_key_is_one_line_403(data, tmp_path, monkeypatch):
     """A server that checks credentials (moto with authentication on) refuses ours."""
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
-        for k, v in {**s3_env(endpoint), "RECORDKIT_CACHE": str(tmp_path)}.items():
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # read by the server at start
+    with MotoServer() as server:
+        for k, v in {**s3_env(server.endpoint), "RECORDKIT_CACHE": str(tmp_path)}.items():
             monkeypatch.setenv(k, v)
         res = run_cli(*pack_args(data, "bucket"))
-    assert_one_line_error(res, "s3://bucket/", "access denied (403)", "Access Key Id")
+    assert_one_line_error(res, "s3://bucket/", "access denied (403)")
 
 
 def test_no_credentials_is_one_line(env, data, monkeypatch):
@@ -209,36 +212,6 @@ def test_missing_extra_names_the_pip_install(env, data):
         pass
     res = run_cli(*pack_args(data, "b")[:3], "--out", "gs://b/ds")
     assert_one_line_error(res, "gs://b/ds", "pip install 'recordkit[gcs]'")
-
-
-def test_retry_classification():
-    assert _permanent(PermissionError("AccessDenied")).startswith("access denied (403)")
-    assert _permanent(FileNotFoundError("NoSuchBucket")).startswith("not found (404")
-    assert _permanent(ConnectionResetError()) is None
-    assert _permanent(TimeoutError()) is None
-    assert _permanent(OSError(5, "Service Unavailable")) is None
-
-    class NoCredentialsError(Exception):
-        pass
-
-    assert "no credentials" in _permanent(NoCredentialsError("Unable to locate credentials"))
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionResetError("reset by peer")
-        return "ok"
-
-    assert Retry(attempts=3, delay=0).call(flaky, "s3://b/x", "upload") == "ok"
-    calls.clear()
-    with pytest.raises(RemoteError, match=r"s3://b/x: cannot upload after 2 attempt\(s\)"):
-        Retry(attempts=2, delay=0).call(flaky, "s3://b/x", "upload")
-    with pytest.raises(RemoteError, match="access denied"):
-        Retry(attempts=5, delay=0).call(
-            lambda: (_ for _ in ()).throw(PermissionError("x")), "s3://b/x", "upload"
-        )
-    assert issubclass(RemoteError, RecordkitError)
 
 
 def _state(endpoint: str, bucket: str, split: str = "train") -> dict:
@@ -306,16 +279,13 @@ def test_killed_upload_resumes_without_uploading_a_shard_twice(
 
 
 def test_resume_with_a_fresh_staging_directory_repacks_only_missing_shards(
-    moto, bucket, env, proxy, data, tmp_path
+    moto, bucket, env, proxy, data, tmp_path, monkeypatch
 ):
     """An upload that failed for good (the process exits with an error), resumed from another
     staging directory (another machine): only the shards the remote state lacks go up."""
-    os.environ["RECORDKIT_RETRIES"] = "2"
-    try:
-        proxy.faults.append(Fault("PUT", r"train-00003-of-00005\.tfrecord$", status=500))
-        res = run_cli(*pack_args(data, bucket, "--staging", tmp_path / "stage1"))
-    finally:
-        del os.environ["RECORDKIT_RETRIES"]
+    monkeypatch.setattr(remote_fs, "RETRIES", 1)
+    proxy.faults.append(Fault("PUT", r"train-00003-of-00005\.tfrecord$", status=500))
+    res = run_cli(*pack_args(data, bucket, "--staging", tmp_path / "stage1"))
     assert_one_line_error(res, "train-00003-of-00005.tfrecord")
     proxy.faults.clear()
     before = recorded(moto, bucket)

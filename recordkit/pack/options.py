@@ -10,7 +10,7 @@ from typing import Any
 
 from recordkit.errors import RecordkitError
 from recordkit.imaging import ImageOptions
-from recordkit.pack.upload import is_url
+from recordkit.remote.urls import is_url
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",

@@ -14,9 +14,11 @@ and ``.idx`` have the recorded sizes is kept (never uploaded again); a shard fin
 staging directory but not recorded remotely is uploaded without being packed again; every
 other shard (including one whose upload was cut off) is packed and uploaded again.
 
-Transient errors (5xx, connection resets, timeouts) are retried with exponential backoff
-(:class:`Retry`); access denied (403), not found (404) and missing credentials fail at once
-with one line naming the URL (:class:`RemoteError`).
+Every request goes through :func:`recordkit.remote.fs.with_retries`, as the reading side's do:
+transient errors (5xx, 429, connection resets, timeouts) are retried with exponential backoff
+(``RECORDKIT_REMOTE_RETRIES``, ``RECORDKIT_REMOTE_BACKOFF``); access denied (403), not found
+(404) and missing credentials fail at once with one line naming the URL
+(:class:`~recordkit.remote.fs.RemoteError`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,11 +37,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recordkit.errors import RecordkitError
+from recordkit.remote.fs import RemoteError, install_hint, with_retries
+from recordkit.remote.urls import is_url
 
 __all__ = [
     "RemoteDir",
     "RemoteError",
-    "Retry",
     "Uploader",
     "default_staging",
     "is_url",
@@ -49,20 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "remote", "https": "remote"}
-
-
-class RemoteError(RecordkitError):
-    """A remote output cannot be reached or written: access denied, not found, no credentials,
-    or a transient error that outlasted every retry. The message names the URL."""
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a URL (``scheme://…``) other than ``file://``."""
-    text = os.fspath(path)
-    scheme, sep, _ = text.partition("://")
-    return bool(sep) and scheme.isidentifier() and scheme.lower() != "file"
 
 
 def default_staging(url: str) -> Path:
@@ -77,107 +65,40 @@ def default_staging(url: str) -> Path:
     return Path(root) / "pack-staging" / key
 
 
-@dataclass(frozen=True)
-class Retry:
-    """How transient errors are retried: ``attempts`` tries in all, waiting ``delay`` seconds
-    after the first failure, doubling up to ``max_delay``.
-
-    The defaults (6 attempts: waits of 0.5, 1, 2, 4, 8 s) ride out a short outage; the
-    environment variables ``RECORDKIT_RETRIES`` and ``RECORDKIT_RETRY_DELAY`` change them.
-    """
-
-    attempts: int = 6
-    delay: float = 0.5
-    max_delay: float = 30.0
-
-    @classmethod
-    def from_env(cls) -> Retry:
-        try:
-            attempts = int(os.environ.get("RECORDKIT_RETRIES", cls.attempts))
-            delay = float(os.environ.get("RECORDKIT_RETRY_DELAY", cls.delay))
-        except ValueError as exc:
-            raise RecordkitError(f"RECORDKIT_RETRIES / RECORDKIT_RETRY_DELAY: {exc}") from None
-        return cls(attempts=max(1, attempts), delay=max(0.0, delay))
-
-    def call(self, fn: Callable[[], T], url: str, what: str) -> T:
-        """Run ``fn``, retrying transient errors; raise :class:`RemoteError` naming ``url``."""
-        wait = self.delay
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except Exception as exc:
-                permanent = _permanent(exc)
-                if permanent is not None:
-                    raise RemoteError(f"{url}: cannot {what}: {permanent}") from exc
-                if attempt == self.attempts:
-                    raise RemoteError(
-                        f"{url}: cannot {what} after {attempt} attempt(s): {_describe(exc)}"
-                    ) from exc
-                logger.warning(
-                    "%s: %s failed (%s); retrying in %.1f s", url, what, _describe(exc), wait
-                )
-                time.sleep(wait)
-                wait = min(wait * 2, self.max_delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
-_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
-
-
-def _permanent(exc: BaseException) -> str | None:
-    """Why ``exc`` will not go away by retrying, or ``None`` when it may (5xx, resets, ...)."""
-    name = type(exc).__name__
-    if name in _CREDENTIAL_ERRORS or "credential" in name.lower():
-        return f"no credentials ({_describe(exc)}); configure them for this storage"
-    if isinstance(exc, PermissionError):
-        return f"access denied (403): {_describe(exc)}"
-    if isinstance(exc, FileNotFoundError):
-        return f"not found (404; does the bucket exist?): {_describe(exc)}"
-    status = _http_status(exc)
-    if status in (401, 403):
-        return f"access denied ({status}): {_describe(exc)}"
-    if status in (404, 405, 410):
-        return f"{'not found' if status != 405 else 'method not allowed'} ({status})"
-    if status is not None and 400 <= status < 500 and status not in (408, 429):
-        return f"refused ({status}): {_describe(exc)}"
-    if isinstance(exc, OSError) and exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM):
-        return _describe(exc)
-    if isinstance(exc, (ValueError, TypeError, NotImplementedError)):
-        return _describe(exc)
-    return None
-
-
-def _http_status(exc: BaseException) -> int | None:
-    for e in (exc, exc.__cause__, exc.__context__):
-        status = getattr(e, "status", None) or getattr(e, "code", None)
-        if isinstance(status, int) and 100 <= status < 600:
-            return status
-    return None
+def _call(fn: Callable[[], T], url: str, what: str) -> T:
+    """``fn()`` through :func:`recordkit.remote.fs.with_retries` (transient errors retried with
+    backoff, 403/404 one line), with missing credentials and any other failure of the storage
+    library also ending in one :class:`RemoteError` line naming ``url``."""
+    try:
+        return with_retries(url, fn, what=what)
+    except RemoteError:
+        raise
+    except Exception as exc:
+        name = type(exc).__name__
+        if "Credentials" in name or "credentials" in str(exc).lower():
+            raise RemoteError(
+                url, f"no credentials ({_describe(exc)}); configure them for this storage"
+            ) from None
+        raise RemoteError(url, f"{what} failed: {name}: {_describe(exc)}") from None
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
     """The fsspec file system of ``url`` and the path inside it."""
-    try:
-        import fsspec
-    except ImportError:
-        raise RecordkitError(
-            f"{url}: remote output needs fsspec: pip install 'recordkit[remote]'"
-        ) from None
     scheme = url.split("://", 1)[0].lower()
     try:
+        import fsspec
+
         # A fresh instance: fsspec's cache keys on arguments, not on the environment
         # (AWS_ENDPOINT_URL, credentials) that the instance was built from.
         fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except ImportError as exc:
-        extra = _EXTRAS.get(scheme, "remote")
         raise RecordkitError(
-            f"{url}: {scheme}:// needs an extra package ({_describe(exc)}): "
-            f"pip install 'recordkit[{extra}]'"
+            f"{url}: writing {scheme}:// URLs needs an extra package ({_describe(exc)}): "
+            f"{install_hint(url)}"
         ) from None
     except ValueError as exc:
         raise RecordkitError(f"{url}: {_describe(exc)}") from None
@@ -226,20 +147,18 @@ class _HttpPut:
 
 class RemoteDir:
     """A directory of a remote file system (an S3/GCS prefix, a WebDAV folder) as the packer
-    needs it: sizes, small text files, uploads and deletes, each with :class:`Retry`.
+    needs it: sizes, small text files, uploads and deletes, each retried when transient.
 
     Args:
         url: ``scheme://bucket/path`` (a trailing ``/`` is optional).
-        retry: The retry policy (default :meth:`Retry.from_env`).
 
     Raises:
         RecordkitError: fsspec or the scheme's package (s3fs, gcsfs) is missing, or the URL
             is malformed.
     """
 
-    def __init__(self, url: str, retry: Retry | None = None) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        self.retry = retry or Retry.from_env()
         self.fs, self.root = _filesystem(self.url)
         self.listable = not isinstance(self.fs, _HttpPut)
 
@@ -260,7 +179,7 @@ class RemoteDir:
             except FileNotFoundError:
                 return None
 
-        return self.retry.call(go, self.child(name), "read the size")
+        return _call(go, self.child(name), "read the size")
 
     def read_text(self, name: str) -> str | None:
         """The text of ``name``, or ``None`` when it does not exist."""
@@ -271,14 +190,12 @@ class RemoteDir:
             except FileNotFoundError:
                 return None
 
-        return self.retry.call(go, self.child(name), "read")
+        return _call(go, self.child(name), "read")
 
     def write_text(self, name: str, text: str) -> None:
         """Upload ``text`` as ``name`` (one PUT: readers see the old object or the new)."""
         data = text.encode("utf-8")
-        self.retry.call(
-            lambda: self.fs.pipe_file(self._path(name), data), self.child(name), "upload"
-        )
+        _call(lambda: self.fs.pipe_file(self._path(name), data), self.child(name), "upload")
 
     def upload(self, local: Path, name: str) -> None:
         """Upload ``local`` as ``name`` and check the remote size.
@@ -295,7 +212,7 @@ class RemoteDir:
             if got != want:
                 raise OSError(errno.EIO, f"uploaded {want} bytes but the object holds {got}")
 
-        self.retry.call(go, self.child(name), "upload")
+        _call(go, self.child(name), "upload")
 
     def remove(self, names: list[str]) -> None:
         """Delete ``names`` (missing ones are fine)."""
@@ -305,7 +222,7 @@ class RemoteDir:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(self._path(name))
 
-            self.retry.call(go, self.child(name), "delete")
+            _call(go, self.child(name), "delete")
 
     def names(self) -> list[str]:
         """The file names directly in this directory (empty when it does not exist or the file
@@ -319,7 +236,7 @@ class RemoteDir:
                 return []
             return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
-        return self.retry.call(go, self.url + "/", "list")
+        return _call(go, self.url + "/", "list")
 
     def check_bucket(self) -> None:
         """Fail early, naming the URL, when the bucket is missing or not ours to read."""
@@ -335,7 +252,7 @@ class RemoteDir:
                 raise FileNotFoundError(f"no bucket {bucket!r}") from None
 
         scheme = self.url.split("://", 1)[0]
-        self.retry.call(go, f"{scheme}://{bucket}/", "list the bucket")
+        _call(go, f"{scheme}://{bucket}/", "list the bucket")
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""A real S3-compatible server for tests: ``moto_server`` as a subprocess on 127.0.0.1, and a
-small forwarding proxy in front of it that can fail or hold chosen requests.
+"""For the upload tests: a forwarding HTTP proxy in front of the moto server
+(:class:`remote_servers.MotoServer`) that logs every request and fails or holds chosen ones —
+uploads included (PUT bodies are forwarded) — plus s3fs helpers.
 
-Clients talk to either over HTTP with s3fs (``AWS_ENDPOINT_URL`` + fake credentials in the
-environment), never through in-process patching.
+Clients talk over HTTP with s3fs (endpoint + fake credentials in the environment), never
+through in-process patching.
 """
 
 from __future__ import annotations
@@ -10,33 +11,10 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _moto_command(port: int) -> list[str] | None:
-    exe = Path(sys.executable).with_name("moto_server")
-    if exe.exists():
-        return [str(exe), "-H", "127.0.0.1", "-p", str(port)]
-    found = shutil.which("moto_server")
-    return [found, "-H", "127.0.0.1", "-p", str(port)] if found else None
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -44,47 +22,14 @@ def s3_env(endpoint: str) -> dict[str, str]:
     attempt per request (so the retries counted are recordkit's own)."""
     return {
         "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_MAX_ATTEMPTS": "1",
         "AWS_RETRY_MODE": "standard",
     }
-
-
-@contextmanager
-def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start ``moto_server`` on a free port (with ``env`` added to its environment); yield
-    its endpoint URL; stop it."""
-    pytest.importorskip("s3fs")
-    port = free_port()
-    cmd = _moto_command(port)
-    if cmd is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
