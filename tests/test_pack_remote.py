@@ -297,3 +297,75 @@ def test_resume_with_a_fresh_staging_directory_repacks_only_missing_shards(
     second = [SHARD.search(p).group(1) for p in proxy.puts(r"\.tfrecord$")]
     assert sorted(second) == sorted(ALL - before)
     assert_same_as_reference(moto, bucket, data, tmp_path)
+
+
+# --- https:// (here http on 127.0.0.1) with PUT: nginx's WebDAV module ----------------------
+_DAV_CONF = """\
+worker_processes 1;
+{user}
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    log_format rk '$status $request_method $uri $http_range';
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        access_log {prefix}/access.log rk;
+        root {root};
+        client_max_body_size 0;
+        location /forbidden/ {{ return 403; }}
+        location / {{ dav_methods PUT DELETE; create_full_put_path on; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def dav(tmp_path_factory):
+    """nginx accepting PUT and DELETE (``dav_methods``) under its root."""
+    import remote_servers
+
+    if remote_servers.nginx_skip_reason():
+        pytest.skip(remote_servers.nginx_skip_reason())
+    mp = pytest.MonkeyPatch()
+    mp.setattr(remote_servers, "_NGINX_CONF", _DAV_CONF)
+    try:
+        server = remote_servers.NginxServer(
+            tmp_path_factory.mktemp("dav-root"), tmp_path_factory.mktemp("dav-nginx")
+        ).start()
+    finally:
+        mp.undo()
+    yield server
+    server.stop()
+
+
+def test_pack_to_http_put(dav, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECORDKIT_CACHE", str(tmp_path / "cache"))
+    prefix, root, reference = data
+    url = f"{dav.url}/ds1/"
+    res = run_cli("pack", prefix, root, "--out", url, "--shard-size", 2, "-q")
+    assert res.exit_code == 0, res.output
+    got = dav.root / "ds1"
+    assert verify(got).ok
+    assert shard_bytes(got) == shard_bytes(reference)
+    assert sorted(os.listdir(got)) == sorted(os.listdir(reference))  # state files deleted
+    puts = [uri for st, m, uri, _ in dav.log_lines() if m == "PUT" and st < 300]
+    assert puts[-1] == "/ds1/recordkit.json"  # last
+    # packed again: refused (the manifest names the split); --resume has nothing to do
+    assert_one_line_error(
+        run_cli("pack", prefix, root, "--out", url, "--shard-size", 2), "already packed"
+    )
+
+
+def test_pack_to_http_forbidden_is_one_line(dav, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECORDKIT_CACHE", str(tmp_path / "cache"))
+    prefix, root, _ = data
+    url = f"{dav.url}/forbidden/ds/"
+    res = run_cli("pack", prefix, root, "--out", url, "--shard-size", 2)
+    assert_one_line_error(res, f"{dav.url}/forbidden/ds/", "403")

@@ -119,7 +119,7 @@ class _HttpPut:
         self._fs.put_file(lpath, rpath, method="put")
 
     def pipe_file(self, rpath: str, data: bytes) -> None:
-        self._fs.pipe_file(rpath, data, method="put")
+        self._fs.pipe_file(rpath, data)  # a PUT
 
     def info(self, rpath: str) -> dict[str, Any]:
         return self._fs.info(rpath)
