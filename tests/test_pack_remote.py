@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error
-from remote_servers import MotoServer
 from test_pack import make_dataset, opts, run_cli, shard_bytes
-from upload_proxy import Fault, Proxy, make_bucket, s3_env, s3fs_for
+from upload_proxy import Fault, Proxy, QuietMotoServer, make_bucket, s3_env, s3fs_for
 
+import recordkit
 from recordkit.format.manifest import MANIFEST_NAME
 from recordkit.pack import pack
 from recordkit.pack.upload import is_url
@@ -29,10 +29,12 @@ pytest.importorskip("s3fs")
 SHARD = re.compile(r"/ds/((train|val)-\d{5}-of-\d{5})\.tfrecord$")
 
 
-@pytest.fixture
-def moto(moto_server):
-    """The shared moto server's endpoint (``tests/conftest.py``)."""
-    return moto_server.endpoint
+@pytest.fixture(scope="module")
+def moto():
+    """A moto server of this module's own (its log not piped: see :class:`QuietMotoServer`)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    with QuietMotoServer() as server:
+        yield server.endpoint
 
 
 @pytest.fixture
@@ -141,6 +143,18 @@ def test_second_pack_refuses_then_overwrite_replaces(moto, bucket, env, data, tm
     res = run_cli(*pack_args(data, bucket, "--overwrite"))
     assert res.exit_code == 0, res.output
     assert_same_as_reference(moto, bucket, data, tmp_path)
+    # and the reading side opens the uploaded dataset: the same records as the local pack
+    import s3fs
+
+    try:
+        remote = recordkit.open(f"s3://{bucket}/ds/")
+        local = recordkit.open(data[2])
+        for split in ("train", "val"):
+            assert len(remote[split]) == len(local[split])
+            assert [r.index for r in remote[split]] == [r.index for r in local[split]]
+            assert remote[split][len(local[split]) - 1].image == local[split][-1].image
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # it was built from this test's environment
 
 
 def test_retries_transient_5xx(moto, bucket, env, proxy, data, tmp_path):
@@ -179,7 +193,7 @@ def test_access_denied_is_one_line_403(bucket, env, proxy, data):
 def test_unknown_access_key_is_one_line_403(data, tmp_path, monkeypatch):
     """A server that checks credentials (moto with authentication on) refuses ours."""
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # read by the server at start
-    with MotoServer() as server:
+    with QuietMotoServer() as server:
         for k, v in {**s3_env(server.endpoint), "RECORDKIT_CACHE": str(tmp_path)}.items():
             monkeypatch.setenv(k, v)
         res = run_cli(*pack_args(data, "bucket"))
