@@ -385,7 +385,8 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="With a URL --out: local directory for shards waiting for upload (each is deleted "
-    "once uploaded). [default: $RECORDKIT_CACHE/pack-staging/<hash of the URL>]",
+    "once uploaded). [default: $RECORDKIT_STAGING, else $TMPDIR/recordkit-staging-UID; then a "
+    "folder per URL]",
 )
 @click.option(
     "--resize",

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def env(moto, tmp_path, monkeypatch):
     """The process environment of a pack to the moto server (fast retries, a private cache)."""
     values = {
         **s3_env(moto),
-        "RECORDKIT_CACHE": str(tmp_path / "cache"),
+        "RECORDKIT_STAGING": str(tmp_path / "cache"),
         "RECORDKIT_REMOTE_BACKOFF": "0.01",  # for subprocesses
     }
     for k, v in values.items():
@@ -131,8 +132,31 @@ def test_pack_to_s3_uploads_same_bytes_and_manifest_last(moto, bucket, env, prox
     assert any(n.startswith(".pack-state.train") for n in names)
     assert not [n for n in remote_names(moto, bucket) if n.startswith(".pack-state")]
     # staging space was given back
-    staging = Path(env["RECORDKIT_CACHE"]) / "pack-staging"
+    staging = Path(env["RECORDKIT_STAGING"])
     assert not [p for p in staging.rglob("*") if p.is_file()]
+
+
+def test_staging_holds_at_most_the_upload_window(moto, bucket, env, proxy, data, tmp_path):
+    """While the first upload hangs, packing goes on only until ``upload_window`` finished
+    shards wait: staging never holds more than that plus the one being written."""
+    hold = Fault("PUT", r"train-00000-of-00005\.tfrecord$", hold=True, times=1)
+    proxy.faults.append(hold)
+    threading.Timer(1.5, hold.release.set).start()  # then the connection drops: a retry
+    staging = tmp_path / "staging"
+    most = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal most
+        most = max(most, len(list(staging.glob("*.tfrecord*"))))
+
+    prefix, root, _ = data
+    options = opts(f"s3://{bucket}/ds", shard_size=2, threads=1, staging=staging, upload_window=2)
+    res = pack(prefix, root, options, progress=progress)
+    assert res.manifest == f"s3://{bucket}/ds/recordkit.json"
+    assert hold.hits == 1
+    assert most == 3  # the bound was reached, and held
+    assert_same_as_reference(moto, bucket, data, tmp_path)
+    assert not staging.exists()
 
 
 def test_second_pack_refuses_then_overwrite_replaces(moto, bucket, env, data, tmp_path):
@@ -194,7 +218,7 @@ def test_unknown_access_key_is_one_line_403(data, tmp_path, monkeypatch):
     """A server that checks credentials (moto with authentication on) refuses ours."""
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # read by the server at start
     with QuietMotoServer() as server:
-        for k, v in {**s3_env(server.endpoint), "RECORDKIT_CACHE": str(tmp_path)}.items():
+        for k, v in {**s3_env(server.endpoint), "RECORDKIT_STAGING": str(tmp_path)}.items():
             monkeypatch.setenv(k, v)
         res = run_cli(*pack_args(data, "bucket"))
     assert_one_line_error(res, "s3://bucket/", "access denied (403)")
@@ -360,7 +384,7 @@ def dav(tmp_path_factory):
 
 
 def test_pack_to_http_put(dav, data, tmp_path, monkeypatch):
-    monkeypatch.setenv("RECORDKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECORDKIT_STAGING", str(tmp_path / "cache"))
     prefix, root, reference = data
     url = f"{dav.url}/ds1/"
     res = run_cli("pack", prefix, root, "--out", url, "--shard-size", 2, "-q")
@@ -378,7 +402,7 @@ def test_pack_to_http_put(dav, data, tmp_path, monkeypatch):
 
 
 def test_pack_to_http_forbidden_is_one_line(dav, data, tmp_path, monkeypatch):
-    monkeypatch.setenv("RECORDKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECORDKIT_STAGING", str(tmp_path / "cache"))
     prefix, root, _ = data
     url = f"{dav.url}/forbidden/ds/"
     res = run_cli("pack", prefix, root, "--out", url, "--shard-size", 2)

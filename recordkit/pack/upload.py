@@ -28,6 +28,7 @@ import errno
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -54,15 +55,23 @@ T = TypeVar("T")
 
 
 def default_staging(url: str) -> Path:
-    """The staging directory of a pack to ``url``: ``$RECORDKIT_CACHE/pack-staging/<hash>``
-    (default cache root ``~/.cache/recordkit``). The same URL always gets the same directory,
-    so ``--resume`` finds the shards that were packed but not yet uploaded."""
-    root = os.environ.get("RECORDKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "recordkit",
+    """The staging directory of a pack to ``url``: ``$RECORDKIT_STAGING/<hash of the URL>``,
+    by default under the temporary directory (``$TMPDIR``, ``/tmp``).
+
+    The same URL always gets the same directory, so ``--resume`` finds shards that were
+    packed but not yet uploaded (lost ones, e.g. after a reboot, are packed again: the remote
+    state is what counts). Not under ``RECORDKIT_CACHE``: the shard cache's eviction owns
+    every file there. The staging directory holds a few shards at most (``upload_window``
+    plus the one being written), so a temporary directory is big enough.
+    """
+    root = os.environ.get("RECORDKIT_STAGING", "").strip()
+    base = (
+        Path(root).expanduser()
+        if root
+        else Path(tempfile.gettempdir())
+        / (f"recordkit-staging-{os.getuid()}" if hasattr(os, "getuid") else "recordkit-staging")
     )
-    key = hashlib.sha256(url.rstrip("/").encode("utf-8")).hexdigest()[:16]
-    return Path(root) / "pack-staging" / key
+    return base / hashlib.sha256(url.rstrip("/").encode("utf-8")).hexdigest()[:16]
 
 
 def _describe(exc: BaseException) -> str:
