@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from recordkit.format.atomic import atomic_write_text
 from recordkit.format.manifest import MANIFEST_NAME
@@ -21,6 +20,7 @@ from recordkit.pack.options import PackError, PackOptions
 from recordkit.pack.plan import SplitPlan
 from recordkit.pack.state import (
     DoneShard,
+    drop_split_from_manifest,
     finished_shards,
     parse_state,
     read_existing_manifest,
@@ -141,14 +141,12 @@ class RemoteOutput:
                 logger.warning("%s: recorded as uploaded but incomplete; redoing it", e.file)
         return done
 
-    def prepare(self, plan: SplitPlan, drop_split: Any) -> dict[int, DoneShard] | None:
+    def prepare(self, plan: SplitPlan) -> dict[int, DoneShard] | None:
         """The remote counterpart of the local checks: clear (``overwrite``), continue
         (``resume``) or refuse; queue the upload of shards finished locally but not remotely.
 
         Args:
             plan: The split.
-            drop_split: ``drop_split(staging, name)`` removes the split from the staged
-                manifest (the local pack's own function).
 
         Returns:
             The finished shards, or ``None`` when the split is already packed (``resume``).
@@ -159,7 +157,7 @@ class RemoteOutput:
         self._plans[plan.name] = plan
         if opts.overwrite:
             if packed:
-                drop_split(out, plan.name)
+                drop_split_from_manifest(out, plan.name)
                 self._push_manifest()
             self.remote.remove(self._remote_leftovers(plan.name))
             self._clear_staged(plan.name)
