@@ -591,6 +591,8 @@ def pack_cmd(
     if result.manifest is None:
         click.echo(f"part {options.part[0]}/{options.part[1]} done; run with --merge when all are")
     click.echo(result.summary())
+    if isinstance(result.manifest, str):
+        click.echo(f"dataset at {result.out}/ (manifest uploaded last)")
 
 
 # --- convert-rec -----------------------------------------------------------------------------

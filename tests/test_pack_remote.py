@@ -181,6 +181,18 @@ def test_second_pack_refuses_then_overwrite_replaces(moto, bucket, env, data, tm
         s3fs.S3FileSystem.clear_instance_cache()  # it was built from this test's environment
 
 
+def test_splits_added_one_at_a_time(moto, bucket, env, data, tmp_path):
+    """A second pack into the same URL adds its split to the uploaded manifest."""
+    prefix, root, _ = data
+    url = f"s3://{bucket}/ds/"
+    for split in ("train", "val"):
+        lst = f"{prefix}_{split}.lst"
+        res = run_cli("pack", "--list", lst, root, "--out", url, "--shard-size", 2)
+        assert res.exit_code == 0, res.output
+        assert f"dataset at s3://{bucket}/ds/" in res.output
+    assert_same_as_reference(moto, bucket, data, tmp_path)
+
+
 def test_retries_transient_5xx(moto, bucket, env, proxy, data, tmp_path):
     fault = Fault("PUT", r"\.tfrecord$", status=503, times=3)
     proxy.faults.append(fault)
