@@ -141,7 +141,7 @@ class _HttpPut:
         import urllib.request
 
         try:  # fsspec's HTTP file system has no delete
-            with urllib.request.urlopen(urllib.request.Request(rpath, method="DELETE")):
+            with urllib.request.urlopen(urllib.request.Request(rpath, method="DELETE"), timeout=60):
                 pass
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
