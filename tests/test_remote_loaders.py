@@ -37,11 +37,13 @@ def _loader(path, split, backend="torch", **kw):
     return make_loader(path, split, image_size=SIZE, backend=backend, **kw)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("read", ["direct", "cache"])
-def test_validation_matches_the_local_split(served, tmp_path, read):
+def test_validation_matches_the_local_split(served, tmp_path, read, workers):
     local, url = served
     opts = RemoteOptions(cache_dir=tmp_path / "c", cache_limit=10**8, read=read)
-    assert collect(_loader(url, "val", remote=opts)) == collect(_loader(local, "val"))
+    remote = _loader(url, "val", remote=opts, num_workers=workers)
+    assert collect(remote) == collect(_loader(local, "val"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
