@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,15 +49,18 @@ class RemoteShardReader(ShardReader):
         return self._size  # type: ignore[return-value]
 
     def _filesystem(self) -> Any:
-        if self._fs is None:
+        # fsspec's async filesystems are not fork-safe: a DataLoader worker gets its own
+        if self._fs is None or self._pid != os.getpid():
             self._fs = filesystem(self.path)
+            self._pid = os.getpid()
         return self._fs
 
     def close(self) -> None:
         pass
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fs": None}  # the index travels; the session does not
+        # the index travels; the fsspec session does not
+        return {**self.__dict__, "_fs": None, "_pid": None}
 
     @property
     def entries(self) -> RecordIndex:
