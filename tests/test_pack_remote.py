@@ -191,6 +191,14 @@ def test_splits_added_one_at_a_time(moto, bucket, env, data, tmp_path):
         assert res.exit_code == 0, res.output
         assert f"dataset at s3://{bucket}/ds/" in res.output
     assert_same_as_reference(moto, bucket, data, tmp_path)
+    import s3fs
+
+    try:  # the reading side verifies the uploaded dataset in place
+        res = run_cli("verify", f"s3://{bucket}/ds/", "--quiet")
+        assert res.exit_code == 0, res.output
+        assert re.fullmatch(r"verified 7 file\(s\), 12 record\(s\), \d+ bytes: OK\n", res.output)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # it was built from this test's environment
 
 
 def test_retries_transient_5xx(moto, bucket, env, proxy, data, tmp_path):
