@@ -27,7 +27,7 @@ from recordkit.verify import verify
 
 pytest.importorskip("s3fs")
 
-SHARD = re.compile(r"/ds/((train|val)-\d{5}-of-\d{5})\.tfrecord$")
+SHARD = re.compile(r"/((train|val)-\d{5}-of-\d{5})\.tfrecord$")
 
 
 @pytest.fixture(scope="module")
@@ -427,3 +427,39 @@ def test_pack_to_http_forbidden_is_one_line(dav, data, tmp_path, monkeypatch):
     url = f"{dav.url}/forbidden/ds/"
     res = run_cli("pack", prefix, root, "--out", url, "--shard-size", 2)
     assert_one_line_error(res, f"{dav.url}/forbidden/ds/", "403")
+
+
+def test_http_put_resume_after_failed_upload(dav, data, tmp_path, monkeypatch):
+    """Through the fault proxy in front of nginx: shard 3's PUT fails for good, then
+    ``--resume`` (another staging directory) PUTs only what the remote state lacks."""
+    monkeypatch.setattr(remote_fs, "RETRIES", 1)
+    monkeypatch.setattr(remote_fs, "BACKOFF", 0.01)
+    prefix, root, reference = data
+    with_proxy = Proxy(dav.url)
+    try:
+        url = f"{with_proxy.url}/ds2/"
+        with_proxy.faults.append(Fault("PUT", r"train-00003-of-00005\.tfrecord$", status=500))
+        args = ["pack", prefix, root, "--out", url, "--shard-size", 2]
+        res = run_cli(*args, "--staging", tmp_path / "s1")
+        assert_one_line_error(res, f"{url}train-00003-of-00005.tfrecord")
+        with_proxy.faults.clear()
+        got = dav.root / "ds2"
+        assert not (got / MANIFEST_NAME).exists()
+        before = {
+            e["file"].removesuffix(".tfrecord")
+            for f in got.glob(".pack-state.*.json")
+            for e in json.loads(f.read_text())["shards"].values()
+        }
+        assert before and "train-00003-of-00005" not in before
+        # without --resume the state file marks the unfinished pack
+        assert_one_line_error(run_cli(*args, "--staging", tmp_path / "s2"), "--resume")
+        with_proxy.log.clear()
+        res = run_cli(*args, "--resume", "--staging", tmp_path / "s2")
+        assert res.exit_code == 0, res.output
+        second = [SHARD.search(p).group(1) for p in with_proxy.puts(r"\.tfrecord$")]
+        assert sorted(second) == sorted(ALL - before)
+        assert verify(got).ok
+        assert shard_bytes(got) == shard_bytes(reference)
+        assert sorted(os.listdir(got)) == sorted(os.listdir(reference))  # state files deleted
+    finally:
+        with_proxy.close()
