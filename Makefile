@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo clean proto gpu-wheels gpu-check
+.PHONY: venv test lint demo clean proto gpu-wheels gpu-check nginx
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The remote-dataset tests start Debian's nginx on 127.0.0.1 (tests/remote_servers.py): CI
+# (a fresh Debian machine, root) gets it here; elsewhere those tests skip with the reason.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) \
+	  || echo "nginx not installed: the nginx tests will skip (apt-get install nginx-light)"; }
+
+test: $(STAMP) nginx
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -44,8 +44,63 @@ def user_errors(fn: F) -> F:
         except OSError as exc:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             raise click.ClickException(one_line(f"{exc.strerror or exc}{where}")) from None
+        except ImportError as exc:
+            if "pip install" not in str(exc):  # not a missing extra: a bug, keep the traceback
+                raise
+            raise click.ClickException(one_line(str(exc))) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class DatasetLocation(click.ParamType):
+    """A shard directory (or file) as a :class:`~pathlib.Path`, or a dataset URL (``s3://``,
+    ``gs://``, ``http(s)://``) kept as the string, which ``click.Path`` would mangle."""
+
+    name = "path_or_url"
+
+    def __init__(self, **path_kwargs: Any) -> None:
+        self.path = click.Path(path_type=Path, **path_kwargs)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
+        from recordkit.remote.urls import is_url
+
+        if is_url(value):
+            return str(value)
+        return self.path.convert(value, param, ctx)
+
+
+def remote_options(fn: F) -> F:
+    """``--cache-dir``, ``--cache-limit`` and ``--remote-read`` for commands reading batches."""
+    fn = click.option(
+        "--remote-read",
+        type=click.Choice(["auto", "cache", "direct"]),
+        default="auto",
+        show_default=True,
+        help="Remote data: stream whole shards through the cache, or range-read each record "
+        "(auto: cache for training and DALI, direct otherwise).",
+    )(fn)
+    fn = click.option(
+        "--cache-limit",
+        default=None,
+        help="Most bytes the shard cache holds, e.g. 50GB [default: RECORDKIT_CACHE_LIMIT, "
+        "else 20GB].",
+    )(fn)
+    fn = click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Shard cache for remote data [default: RECORDKIT_CACHE, else ~/.cache/recordkit].",
+    )(fn)
+    return fn
+
+
+def make_remote(cache_dir: Path | None, cache_limit: str | None, read: str) -> Any:
+    """The :class:`~recordkit.loaders.streaming.RemoteOptions` of those options."""
+    from recordkit.loaders.streaming import RemoteOptions
+    from recordkit.sizes import parse_size
+
+    limit = parse_size(cache_limit) if cache_limit is not None else None
+    return RemoteOptions(cache_dir=cache_dir, cache_limit=limit, read=read)
 
 
 class _NoBar:
@@ -185,7 +240,7 @@ def list_cmd(
 
 # --- verify ----------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DatasetLocation())
 @click.option("--no-decode", is_flag=True, help="Check framing, CRCs and index only.")
 @click.option(
     "--decode",
@@ -221,7 +276,15 @@ def verify(path: Path, no_decode: bool, images: bool, quiet: bool) -> None:
         sys.exit(1)
 
 
-def _total_bytes(path: Path) -> int:
+def _total_bytes(path: Path | str) -> int:
+    if isinstance(path, str):  # a URL: verify reads its manifest again, and says what fails
+        try:
+            from recordkit.remote.manifest import read_remote_manifest
+
+            m = read_remote_manifest(path)
+        except (RecordkitError, ImportError):
+            return 0
+        return sum(s.bytes for s in m.splits.values())
     if path.is_file():
         return path.stat().st_size
     try:
@@ -235,7 +298,7 @@ def _total_bytes(path: Path) -> int:
 
 # --- inspect ---------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DatasetLocation())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
     "--max-records",
@@ -374,10 +437,19 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
 @click.option(
     "-o",
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("shards"),
+    default="shards",
     show_default=True,
-    help="Shard directory; other splits already in it are kept.",
+    help="Shard directory, or a URL (s3://bucket/ds/, gs://…, https://… with PUT): shards are "
+    "staged locally and uploaded as each finishes, the manifest last. Other splits already "
+    "there are kept.",
+)
+@click.option(
+    "--staging",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With a URL --out: local directory for shards waiting for upload (each is deleted "
+    "once uploaded). [default: $RECORDKIT_STAGING, else $TMPDIR/recordkit-staging-UID; then a "
+    "folder per URL]",
 )
 @click.option(
     "--resize",
@@ -482,7 +554,8 @@ def pack_cmd(
     args: tuple[str, ...],
     lists: tuple[Path, ...],
     split: str,
-    out: Path,
+    out: str,
+    staging: Path | None,
     resize: int,
     upscale: bool,
     resample: str,
@@ -516,6 +589,7 @@ def pack_cmd(
     recordkit pack mydata img_data --resize 480 --quality 95 --threads 16
     recordkit pack val/mydata val_img --out shards/       (adds a split)
     recordkit pack mydata img_data --resume               (after an interruption)
+    recordkit pack mydata img_data --out s3://bucket/ds/  (uploads; needs recordkit[s3])
     """
     from recordkit.imaging import ImageOptions
     from recordkit.pack import PackOptions, default_threads, pack
@@ -542,6 +616,7 @@ def pack_cmd(
         raise click.UsageError(str(exc)) from None
     options = PackOptions(
         out=out,
+        staging=staging,
         image=image,
         split=split,
         lists=lists,
@@ -579,6 +654,8 @@ def pack_cmd(
     if result.manifest is None:
         click.echo(f"part {options.part[0]}/{options.part[1]} done; run with --merge when all are")
     click.echo(result.summary())
+    if isinstance(result.manifest, str):
+        click.echo(f"dataset at {result.out}/ (manifest uploaded last)")
 
 
 # --- convert-rec -----------------------------------------------------------------------------
@@ -671,7 +748,7 @@ def convert_rec_cmd(
 
 # --- bench -----------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=DatasetLocation(exists=True, file_okay=False))
 @click.option("--split", default="train", show_default=True, help="Split to read.")
 @click.option(
     "--backend",
@@ -705,6 +782,7 @@ def convert_rec_cmd(
 )
 @click.option("--gpu-decode", is_flag=True, help="torch backend: decode JPEGs on the device.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@remote_options
 @user_errors
 def bench(
     path: Path,
@@ -719,6 +797,9 @@ def bench(
     train: bool | None,
     gpu_decode: bool,
     as_json: bool,
+    cache_dir: Path | None,
+    cache_limit: str | None,
+    remote_read: str,
 ) -> None:
     """Measure loader throughput (images/s) over PATH, warm-up excluded (like --test-io).
 
@@ -741,10 +822,11 @@ def bench(
             rank=0,
             world_size=1,
             gpu_decode=gpu_decode,
+            remote=make_remote(cache_dir, cache_limit, remote_read),
         )
         result = measure_throughput(loader, batches=batches, warmup=warmup)
     except (KeyError, ValueError, ImportError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from None
+        raise click.ClickException(one_line(str(exc).strip("'\""))) from None
     result.update(
         backend=getattr(loader, "backend", backend),
         split=split,
@@ -763,7 +845,7 @@ def bench(
 
 # --- show ------------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=DatasetLocation(exists=True, file_okay=False))
 @click.option("--split", default="train", show_default=True, help="Split to show.")
 @click.option("--augment", is_flag=True, help="Apply training augmentation (crop + flip).")
 @click.option("-n", "count", type=click.IntRange(min=1), default=16, show_default=True)

@@ -19,7 +19,7 @@ from recordkit.format import framing
 from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.format.manifest import Manifest, ShardEntry, read_manifest
 from recordkit.format.reader import ShardReader
-from recordkit.safeio import open_regular
+from recordkit.remote.urls import is_url, join_url
 
 __all__ = ["Dataset", "Split", "open_dataset", "partition"]
 
@@ -62,14 +62,18 @@ class Split(Sequence[Record]):
     """
 
     def __init__(
-        self, root: Path, name: str, shards: Sequence[ShardEntry], *, verify_crc: bool = True
+        self,
+        root: Path | str,
+        name: str,
+        shards: Sequence[ShardEntry],
+        *,
+        verify_crc: bool = True,
     ) -> None:
         self.root = root
         self.name = name
         self.entries = tuple(shards)
-        self.readers = [
-            ShardReader(root / e.file, index_path=root / e.index, verify_crc=verify_crc)
-            for e in self.entries
+        self.readers: list[ShardReader] = [
+            _reader(root, e, verify_crc=verify_crc) for e in self.entries
         ]
         self._starts: list[int] = []
         total = 0
@@ -79,8 +83,13 @@ class Split(Sequence[Record]):
         self._len = total
 
     @property
+    def remote(self) -> bool:
+        """Whether the shards are URLs (``s3://``, ``gs://``, ``http(s)://``)."""
+        return isinstance(self.root, str)
+
+    @property
     def files(self) -> list[Path]:
-        """The shard files, in order."""
+        """The shard files, in order (URL strings for a remote split)."""
         return [r.path for r in self.readers]
 
     @property
@@ -211,9 +220,8 @@ class Split(Sequence[Record]):
             )
         path = str(reader.path)
         bounds = entries.offsets
-        with os.fdopen(open_regular(reader.path, what="shard"), "rb", buffering=1 << 20) as f:
-            file_size = os.fstat(f.fileno()).st_size
-            f.seek(int(bounds[lo]))
+        with reader.open_stream(int(bounds[lo])) as f:
+            file_size = reader.file_size if is_url(path) else os.fstat(f.fileno()).st_size
             it = framing.scan(f, path=path, verify_crc=reader.verify_crc, file_size=file_size)
             k = lo
             base, want = lo, bounds[lo : min(lo + _CHUNK, hi) + 1].tolist()
@@ -249,16 +257,37 @@ class Split(Sequence[Record]):
         return f"Split({self.name!r}, records={self._len}, shards={len(self.entries)})"
 
 
+def _reader(root: Path | str, e: ShardEntry, *, verify_crc: bool) -> ShardReader:
+    if isinstance(root, str):  # a URL (see Dataset)
+        from recordkit.remote.reader import RemoteShardReader
+
+        return RemoteShardReader(
+            join_url(root, e.file),
+            index_url=join_url(root, e.index),
+            size=e.bytes,
+            verify_crc=verify_crc,
+        )
+    return ShardReader(root / e.file, index_path=root / e.index, verify_crc=verify_crc)
+
+
 class Dataset(Mapping[str, Split]):
     """A finished shard directory: its manifest, classes and splits.
 
-    Use :func:`recordkit.open` to make one. ``ds["train"]`` is a :class:`Split`; iterating
-    over the dataset gives split names.
+    Use :func:`recordkit.open` to make one. ``root`` is a :class:`~pathlib.Path`, or the URL
+    string of a remote dataset (``s3://``, ``gs://``, ``http(s)://``; see ``docs/REMOTE.md``).
+    ``ds["train"]`` is a :class:`Split`; iterating over the dataset gives split names.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, verify_crc: bool = True) -> None:
-        self.root = Path(root)
-        self.manifest: Manifest = read_manifest(self.root)
+        self.root: Path | str
+        if is_url(root):
+            from recordkit.remote.manifest import read_remote_manifest
+
+            self.root = str(root).rstrip("/")
+            self.manifest: Manifest = read_remote_manifest(self.root)
+        else:
+            self.root = Path(root)
+            self.manifest = read_manifest(self.root)
         self.verify_crc = verify_crc
         self.splits: dict[str, Split] = {
             name: Split(self.root, name, entry.shards, verify_crc=verify_crc)
@@ -296,7 +325,9 @@ def open_dataset(path: str | os.PathLike[str], *, verify_crc: bool = True) -> Da
     """Open a finished shard directory.
 
     Args:
-        path: Directory holding ``recordkit.json`` and the shards.
+        path: Directory holding ``recordkit.json`` and the shards, or its URL
+            (``s3://bucket/ds/``, ``gs://…``, ``https://…``): records are then read with HTTP
+            range requests through fsspec (``pip install 'recordkit[s3]'`` etc.).
         verify_crc: Check record CRCs on every read (cheap; see :class:`ShardReader`).
 
     Returns:
@@ -304,5 +335,8 @@ def open_dataset(path: str | os.PathLike[str], *, verify_crc: bool = True) -> Da
 
     Raises:
         ManifestError: No manifest, a malformed one, or one from a newer format version.
+        RemoteError: A URL that cannot be read (403, 404, or failing after retries).
+        ImportError: A URL whose fsspec backend is not installed (the message says what to
+            install).
     """
     return Dataset(path, verify_crc=verify_crc)

@@ -13,7 +13,6 @@ from recordkit.errors import CorruptRecordError
 from recordkit.format import framing
 from recordkit.format.example import PayloadError, Record, decode_example
 from recordkit.progress import Progress, skip_first
-from recordkit.safeio import open_regular
 
 if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
     import numpy as np
@@ -84,7 +83,7 @@ def inspect_dataset(
     ds = path if isinstance(path, Dataset) else open_dataset(path)
     m = ds.manifest
     out: dict[str, Any] = {
-        "path": str(Path(ds.root)),
+        "path": ds.root if isinstance(ds.root, str) else str(Path(ds.root)),
         "format_version": m.format_version,
         "created": m.created,
         "created_by": m.created_by,
@@ -179,11 +178,10 @@ def _scan_split_fast(
         hi = min(len(reader), read - seen)
         bounds = reader.entries.offsets[: hi + 1]
         try:
-            fd = open_regular(reader.path, what="shard")
+            f = reader.open_stream(int(bounds[0]))  # a local file, or range reads of a URL
         except OSError:
             return None
-        with os.fdopen(fd, "rb") as f:
-            f.seek(int(bounds[0]))
+        with f:
             for i, j, block in columns.read_blocks(f, bounds):
                 starts = bounds[i:j] - bounds[i]
                 sizes = bounds[i + 1 : j + 1] - bounds[i:j]

@@ -24,6 +24,7 @@ from recordkit.format.index import (
 from recordkit.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, read_manifest
 from recordkit.memory import MemoryBudget, decode_cost
 from recordkit.progress import Progress, skip_first
+from recordkit.remote.urls import is_url
 from recordkit.safeio import InputFileError, open_regular
 
 if TYPE_CHECKING:  # numpy is imported on first use: `import recordkit` stays light
@@ -362,7 +363,9 @@ def verify(
     reported as warnings.
 
     Args:
-        path: A shard directory or a ``.tfrecord`` file.
+        path: A shard directory or a ``.tfrecord`` file, or a dataset URL (``s3://…``,
+            ``gs://…``, ``https://…``: each shard is downloaded to a temporary file in turn
+            and checked the same way; unlisted files are not looked for).
         decode: Also parse each record's ``Example``.
         images: Also decode each image in full (slow: as fast as decoding for training) and
             check that it is the format and size its features say. An image too large for the
@@ -376,6 +379,10 @@ def verify(
         ManifestError: ``path`` is a directory without a readable manifest.
         RecordkitError: ``path`` does not exist.
     """
+    if is_url(path):
+        from recordkit.remote.verify import verify_remote
+
+        return verify_remote(str(path), decode=decode, images=images, progress=progress)
     p = Path(path)
     budget = MemoryBudget.probe() if images else None
     if p.is_file():

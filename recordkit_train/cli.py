@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from recordkit import __version__
-from recordkit.cli import user_errors
+from recordkit.cli import DatasetLocation, user_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,7 +214,11 @@ def main(verbose: int) -> None:
 
 
 @main.command("run", context_settings=CONTEXT_SETTINGS)
-@click.option("--data", type=click.Path(path_type=Path), help="Shard directory.")
+@click.option(
+    "--data",
+    type=DatasetLocation(),
+    help="Shard directory, or its URL (s3://…, gs://…, https://…; see docs/REMOTE.md).",
+)
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True
 )
@@ -272,6 +276,25 @@ def main(verbose: int) -> None:
 )
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for CUDA only.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers.")
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Shard cache for remote --data [default: RECORDKIT_CACHE, else ~/.cache/recordkit].",
+)
+@click.option(
+    "--cache-limit",
+    default=None,
+    help="Most bytes the shard cache holds, shared by the ranks of a node, e.g. 50GB "
+    "[default: RECORDKIT_CACHE_LIMIT, else 20GB].",
+)
+@click.option(
+    "--remote-read",
+    type=click.Choice(["auto", "cache", "direct"]),
+    default="auto",
+    show_default=True,
+    help="Remote --data: stream whole shards through the cache, or range-read each record "
+    "(auto: the cache for training, range reads for validation).",
+)
 @click.option(
     "--backend", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True
 )
@@ -361,7 +384,7 @@ def run_cmd(
 
 
 @main.command("eval", context_settings=CONTEXT_SETTINGS)
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Shard directory.")
+@click.option("--data", type=DatasetLocation(), required=True, help="Shard directory or its URL.")
 @click.option(
     "--checkpoint", type=click.Path(path_type=Path), required=True, help="best.pt or last.pt."
 )

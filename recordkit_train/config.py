@@ -106,6 +106,12 @@ class TrainConfig:
             this option existed read as False.
         channels_last: NHWC memory format; None: on for CUDA, off otherwise.
         workers: Loader workers per rank; None: the loader's default.
+        cache_dir: Shard cache for remote ``data`` (``s3://``, ``gs://``, ``https://``); None:
+            ``RECORDKIT_CACHE``, else ``~/.cache/recordkit`` (``docs/REMOTE.md``).
+        cache_limit: Most bytes the cache holds (``50GB``); None: ``RECORDKIT_CACHE_LIMIT``,
+            else 20 GB.
+        remote_read: ``auto`` (training streams shards through the cache, validation reads
+            records with range requests), ``cache`` or ``direct``.
         backend: Loader backend (``auto``, ``dali``, ``torch``).
         gpu_decode: Torch backend on CUDA: decode JPEGs on the GPU (nvJPEG through
             torchvision) instead of in the CPU workers; the choice for a GPU machine without
@@ -167,6 +173,9 @@ class TrainConfig:
     small_input: bool | None = None
     channels_last: bool | None = None
     workers: int | None = None
+    cache_dir: str | None = None
+    cache_limit: str | None = None
+    remote_read: str = "auto"
     backend: str = "auto"
     gpu_decode: bool = False
     seed: int = 0
@@ -229,6 +238,14 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.data is None and not self.synthetic:
             raise ConfigError("data is required (or use synthetic)")
+        if self.remote_read not in ("auto", "cache", "direct"):
+            raise ConfigError(
+                f"remote_read must be auto, cache or direct, got {self.remote_read!r}"
+            )
+        if self.cache_limit is not None:
+            from recordkit.sizes import parse_size
+
+            parse_size(self.cache_limit, ConfigError)
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.lr_schedule == "onecycle" and self.warmup_epochs:

@@ -146,6 +146,12 @@ def _make_loaders(
         "gpu_decode": cfg.gpu_decode and device.type == "cuda",
         "augment": cfg.augment(),
     }
+    if isinstance(ds.root, str):  # a remote dataset (docs/REMOTE.md)
+        from recordkit.loaders.streaming import RemoteOptions
+        from recordkit.sizes import parse_size
+
+        limit = parse_size(cfg.cache_limit) if cfg.cache_limit is not None else None
+        common["remote"] = RemoteOptions(cfg.cache_dir, limit, cfg.remote_read)
     if "train" not in ds:
         raise ConfigError(f"{cfg.data} has no 'train' split (splits: {', '.join(ds)})")
     # epochs: DALI prepares epoch e + 1 in the background only while there is one.

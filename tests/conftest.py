@@ -130,3 +130,53 @@ def make_records() -> Callable[..., list[Record]]:
         return [make_record(i, num_classes) for i in range(start, start + n)]
 
     return _records
+
+
+# --- real servers on 127.0.0.1 for the remote-dataset tests (tests/remote_servers.py) ---------
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory):
+    """nginx serving a fresh directory (``nginx.root``) at ``nginx.url``; skipped with the
+    reason when nginx is not installed."""
+    from remote_servers import NginxServer, nginx_skip_reason
+
+    reason = nginx_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("www")
+    with NginxServer(root, tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+@pytest.fixture
+def fault_proxy(nginx):
+    """A :class:`remote_servers.FaultProxy` in front of the ``nginx`` fixture's server."""
+    from remote_servers import FaultProxy
+
+    with FaultProxy(nginx.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """``moto`` in server mode (a subprocess) for the whole session."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    pytest.importorskip("s3fs", reason="s3fs is not installed")
+    from remote_servers import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto_s3(moto_server, monkeypatch):
+    """The moto server with this process's environment pointing s3fs at it, and a fresh
+    bucket ``s3://recordkit-test``; yields the server (``moto_s3.env()`` for subprocesses)."""
+    for k, v in moto_server.env().items():
+        monkeypatch.setenv(k, v)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, endpoint_url=moto_server.endpoint)
+    moto_server.reset()
+    fs.mkdir("recordkit-test")
+    fsspec.filesystem("s3").invalidate_cache()
+    yield moto_server

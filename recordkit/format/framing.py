@@ -27,6 +27,7 @@ __all__ = [
     "frame",
     "frame_parts",
     "read_record_at",
+    "unframe",
     "scan",
     "scan_blocks",
 ]
@@ -144,6 +145,31 @@ def read_record_at(
         buf = header + os.pread(fd, length + FOOTER_SIZE, offset + HEADER_SIZE)
     if len(buf) != length + OVERHEAD:
         raise CorruptRecordError(path, offset, "truncated record data")
+    data = buf[HEADER_SIZE : HEADER_SIZE + length]
+    if verify_crc and masked_crc(data) != _U32.unpack_from(buf, HEADER_SIZE + length)[0]:
+        raise CorruptRecordError(path, offset, "data CRC mismatch (corrupt record)")
+    return data
+
+
+def unframe(
+    buf: bytes, offset: int, file_size: int, *, path: str, verify_crc: bool = True
+) -> bytes:
+    """The data of the one framed record that ``buf`` holds (read from ``offset`` of a
+    ``file_size``-byte file, e.g. by a range request), checked as :func:`read_record_at` does.
+
+    Raises:
+        CorruptRecordError: ``buf`` is not exactly one intact record.
+        IndexMismatchError: The record's own length says another size than ``len(buf)``.
+    """
+    if len(buf) < HEADER_SIZE:
+        raise CorruptRecordError(path, offset, "truncated record header")
+    length = _parse_header(buf[:HEADER_SIZE], path, offset, verify_crc, file_size)
+    if length + OVERHEAD != len(buf):
+        raise IndexMismatchError(
+            path,
+            offset,
+            f"index says the record is {len(buf)} bytes, file says {length + OVERHEAD}",
+        )
     data = buf[HEADER_SIZE : HEADER_SIZE + length]
     if verify_crc and masked_crc(data) != _U32.unpack_from(buf, HEADER_SIZE + length)[0]:
         raise CorruptRecordError(path, offset, "data CRC mismatch (corrupt record)")

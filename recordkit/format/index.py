@@ -30,6 +30,7 @@ __all__ = [
     "parse_index",
     "compare_index",
     "read_index",
+    "index_from_bytes",
     "format_index",
     "build_index",
     "write_index",
@@ -196,11 +197,24 @@ def read_index(
         CorruptRecordError: The data file itself is damaged (found while diagnosing).
         InputFileError: The index is not a regular file.
     """
+    return index_from_bytes(
+        _read_index_bytes(path, data_size), path, data_size=data_size, data_path=data_path
+    )
+
+
+def index_from_bytes(
+    raw: bytes,
+    path: str | os.PathLike[str],
+    *,
+    data_size: int | None = None,
+    data_path: str | os.PathLike[str] | None = None,
+) -> RecordIndex:
+    """:func:`read_index` on an index's bytes already in memory (a remote ``.idx``); ``path``
+    names it in errors. See :func:`read_index` for the arguments and errors."""
     import numpy as np
 
     from recordkit.format.record_index import RecordIndex, first_gap
 
-    raw = _read_index_bytes(path, data_size)
     arr = _plain_array(raw)
     lines: list[tuple[int, int] | None] | None = None
     if arr is None:  # not the plain form: the lenient reading, with its exact messages

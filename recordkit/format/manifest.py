@@ -49,6 +49,7 @@ __all__ = [
     "SplitEntry",
     "Manifest",
     "read_manifest",
+    "manifest_from_bytes",
     "write_manifest",
 ]
 
@@ -360,6 +361,16 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(str(exc)) from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return manifest_from_bytes(raw, str(path))
+
+
+def manifest_from_bytes(raw: bytes, source: str) -> Manifest:
+    """Parse a manifest's bytes (read from a file or a URL ``source``, named in errors).
+
+    Raises:
+        ManifestError: See :func:`read_manifest`.
+    """
+    path = source
     try:
         d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit, NaN

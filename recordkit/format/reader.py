@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from recordkit.errors import CorruptRecordError
 from recordkit.format import framing
@@ -147,6 +147,17 @@ class ShardReader:
             return decode_example(data)
         except PayloadError as exc:
             raise CorruptRecordError(self.path, self.entries[i][0], str(exc)) from None
+
+    def open_stream(self, start: int = 0) -> BinaryIO:
+        """The file as a buffered binary stream positioned at ``start`` (close it after use).
+
+        Raises:
+            InputFileError: The path is not a regular file.
+        """
+        f = os.fdopen(open_regular(self.path, what="shard"), "rb", buffering=1 << 20)
+        if start:
+            f.seek(start)
+        return f
 
     def iter_bytes(self) -> Iterator[tuple[int, bytes]]:
         """Iterate sequentially over ``(offset, data)`` of every record, without the index.

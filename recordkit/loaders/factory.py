@@ -6,13 +6,16 @@ import importlib.util
 import logging
 import os
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from recordkit.dataset import Dataset, open_dataset
 from recordkit.loaders.augment import Augment
 from recordkit.loaders.sampling import RecordSampler, resolve_rank_world
+
+if TYPE_CHECKING:
+    from recordkit.loaders.streaming import RemoteOptions
 
 __all__ = [
     "Loader",
@@ -154,6 +157,7 @@ def make_loader(
     multi_label: bool = False,
     initial_fill: int | None = None,
     epochs: int | None = None,
+    remote: RemoteOptions | None = None,
 ) -> Loader:
     """Make an epoch-aware loader of normalized image batches over one split.
 
@@ -165,7 +169,8 @@ def make_loader(
         ...     for images, labels in loader: ...
 
     Args:
-        path: Shard directory (or an opened :class:`recordkit.Dataset`).
+        path: Shard directory, its URL (``s3://…``, ``gs://…``, ``https://…``), or an opened
+            :class:`recordkit.Dataset`.
         split: Split name.
         batch_size: Samples per batch (per rank).
         image_size: Output side in pixels.
@@ -200,6 +205,11 @@ def make_loader(
             loader builds epoch ``e + 1``'s pipeline in the background at the end of epoch
             ``e`` only while ``e + 1 < epochs``; None: always (then :meth:`close` the loader
             after the last epoch to free it). The torch backend ignores it.
+        remote: For a split on ``s3://``, ``gs://`` or ``http(s)://``: the shard cache and
+            how to read (:class:`~recordkit.loaders.streaming.RemoteOptions`; default
+            ``RemoteOptions()``: training streams whole shards through the cache in
+            ``RECORDKIT_CACHE``, evaluation reads records with range requests; DALI always
+            reads from the cache). Ignored for local splits. See ``docs/REMOTE.md``.
 
     Returns:
         A :class:`Loader`: iterate for ``(images, labels)``; ``len()`` is this rank's batches
@@ -241,11 +251,28 @@ def make_loader(
         batch_size,
         train,
     )
+    feeder = None
+    read = "direct"
+    if sp.remote:
+        from recordkit.loaders.streaming import RemoteOptions
+
+        remote = remote or RemoteOptions()
+        read = remote.read
+        if read == "auto":
+            read = "cache" if backend == "dali" or train else "direct"
+        if backend == "dali" and read != "cache":
+            raise ValueError("the DALI backend reads remote splits from the cache (read='cache')")
     if backend == "dali":
         from recordkit.loaders.dali import DaliLoader
         from recordkit.loaders.dali_sizing import pack_image_bound
 
-        return DaliLoader(
+        pins: list = []
+        if sp.remote:
+            from recordkit.loaders.streaming import materialize
+
+            assert remote is not None
+            sp, pins = materialize(sp, remote.cache())
+        loader = DaliLoader(
             sp,
             batch_size=batch_size,
             image_size=image_size,
@@ -266,6 +293,8 @@ def make_loader(
             epochs=epochs,
             max_image=pack_image_bound(ds.manifest.pack, split),
         )
+        loader.cache_pins = pins  # the cached shards stay while the loader lives
+        return loader
 
     from recordkit.loaders.decode import EncodedDecode, TrainDecode, ValDecode
     from recordkit.loaders.torch_loader import RecordDataset, TorchLoader
@@ -275,8 +304,7 @@ def make_loader(
     else:
         decode = TrainDecode(image_size, augment) if train else ValDecode(image_size, augment)
     dataset = RecordDataset(ds, split, decode=decode, multi_label=multi_label)  # type: ignore[arg-type]
-    sampler = RecordSampler(
-        len(dataset),
+    sampling = dict(
         rank=rank,
         world_size=world_size,
         shuffle=shuffle,
@@ -284,6 +312,24 @@ def make_loader(
         drop_last=drop_last,
         with_seeds=True,
     )
+    if read == "cache":
+        from recordkit.loaders.streaming import (
+            ShardFeeder,
+            ShardWindowSampler,
+            cached_split,
+            window_for,
+        )
+
+        assert remote is not None
+        cache = remote.cache()
+        budget = cache.limit // local_world_size()
+        dataset.split = cached_split(sp, cache)
+        feeder = ShardFeeder(dataset.split, budget)
+        sampler: RecordSampler = ShardWindowSampler(
+            [e.records for e in sp.entries], window=window_for(sp, budget), **sampling
+        )
+    else:
+        sampler = RecordSampler(len(dataset), **sampling)
     return TorchLoader(
         dataset,
         sampler,
@@ -299,4 +345,5 @@ def make_loader(
         prefetch=prefetch,
         gpu_decode=gpu_decode,
         multi_label=multi_label,
+        feeder=feeder,
     )

@@ -61,9 +61,15 @@ def contact_sheet(
     count = min(n, len(ds[split]))
     if count == 0:
         raise ValueError(f"split {split!r} is empty")
+    remote = None
+    if ds[split].remote and backend == "torch":  # a few records: range reads, no cache
+        from recordkit.loaders.streaming import RemoteOptions
+
+        remote = RemoteOptions(read="direct")
     loader = make_loader(
         ds,
         split,
+        remote=remote,
         batch_size=count,
         image_size=image_size,
         backend=backend,

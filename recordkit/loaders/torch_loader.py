@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -47,6 +47,9 @@ from recordkit.loaders.decode import pil_rgb
 from recordkit.loaders.factory import resolve_device
 from recordkit.loaders.gpu_decode import BatchDecoder, EncodedBatch, on_device
 from recordkit.loaders.sampling import RecordSampler
+
+if TYPE_CHECKING:
+    from recordkit.loaders.streaming import ShardFeeder
 
 __all__ = [
     "RecordDataset",
@@ -418,8 +421,10 @@ class TorchLoader:
         prefetch: int,
         gpu_decode: bool,
         multi_label: bool,
+        feeder: ShardFeeder | None = None,
     ) -> None:
         device = resolve_device(device)
+        self.feeder = feeder  # a remote split streamed through the shard cache
         self.dataset = dataset
         self.sampler = sampler
         self.batch_size = batch_size
@@ -451,8 +456,11 @@ class TorchLoader:
         # Training with workers: one endless stream of batches, epoch after epoch, so the
         # workers go on into the next epoch while the last batches of this one are consumed
         # (as MXNet's iterators and DALI's pipelines do) instead of idling at each boundary.
+        # (A fed remote split goes epoch by epoch: the feeder follows one epoch's order.)
         self._stream = (
-            _EpochStream(sampler, batch_size, drop_last) if train and num_workers else None
+            _EpochStream(sampler, batch_size, drop_last)
+            if train and num_workers and feeder is None
+            else None
         )
         self._batches: Iterator[Any] | None = None  # the stream's DataLoader iterator
         self._stream_start = 0  # the epoch the stream began with
@@ -484,16 +492,27 @@ class TorchLoader:
 
     def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._share_index(self.sampler)
-        # The iterator starts the pin-memory thread (once, with persistent workers: later
-        # epochs reuse it), which pins for the device current now: make it ours.
-        with on_device(self.device):
-            batches = iter(self.loader)
-        while True:
-            with on_device(self.device):  # not around the yield: the caller's code is its own
-                batch = self._next_batch(batches)
-            if batch is None:
-                return
-            yield batch
+        feeder = self.feeder
+        if feeder is not None:
+            feeder.start(self.sampler.indices())
+        try:
+            # The iterator starts the pin-memory thread (once, with persistent workers: later
+            # epochs reuse it), which pins for the device current now: make it ours.
+            with on_device(self.device):
+                batches = iter(self.loader)
+            taken = 0
+            while True:
+                with on_device(self.device):  # not around the yield: the caller's code is its own
+                    batch = self._next_batch(batches)
+                if batch is None:
+                    return
+                taken += len(batch[1])
+                if feeder is not None:
+                    feeder.consumed(taken)  # shards read only by taken batches can go
+                yield batch
+        finally:
+            if feeder is not None:
+                feeder.stop()
 
     def _iter_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch's batches from the endless stream. The stream goes on where the last

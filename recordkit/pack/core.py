@@ -14,7 +14,7 @@ from typing import Any
 
 import cv2
 
-from recordkit.format.manifest import MANIFEST_NAME, ShardEntry, write_manifest
+from recordkit.format.manifest import MANIFEST_NAME, ShardEntry
 from recordkit.format.writer import ShardWriter
 from recordkit.listing import text_path
 from recordkit.memory import MemoryBudget, format_bytes
@@ -30,11 +30,15 @@ from recordkit.pack.lists import (
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
 from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
 from recordkit.pack.pool import ProcessWorkers, ordered, start_early
+from recordkit.pack.remote import RemoteOutput
 from recordkit.pack.state import (
     DoneShard,
     StateFile,
     check_classes,
+    drop_split_from_manifest,
     finished_shards,
+    merge_parts,
+    packed_outside,
     read_existing_manifest,
     split_files,
     state_files,
@@ -70,21 +74,6 @@ def _remove(paths: Iterable[Path]) -> None:
         p.unlink(missing_ok=True)
 
 
-def _drop_split_from_manifest(out: Path, name: str) -> None:
-    """Remove a split being overwritten from the manifest, so no finished dataset lists it."""
-    existing = read_existing_manifest(out)
-    if existing is None or name not in existing.splits:
-        return
-    del existing.splits[name]
-    existing.skipped = [s for s in existing.skipped if s.get("split") != name]
-    existing.outside_root = [s for s in existing.outside_root if s.get("split") != name]
-    (existing.pack.get("splits") or {}).pop(name, None)
-    if existing.splits:
-        write_manifest(existing, out)
-    else:
-        (out / MANIFEST_NAME).unlink()
-
-
 def _owned(plan: SplitPlan, part: tuple[int, int]) -> list[ShardPlan]:
     k, n = part
     return [s for s in plan.shards if s.number % n == k]
@@ -109,7 +98,7 @@ def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneSha
     # A state file being rewritten when the process was killed leaves its temporary copy.
     _remove(out.glob(f"{glob.escape(own_state.name)}.*.tmp"))
     if opts.overwrite:
-        _drop_split_from_manifest(out, plan.name)
+        drop_split_from_manifest(out, plan.name)
         _remove(leftovers)
         return {}
     if opts.resume:
@@ -154,10 +143,12 @@ def _write_shards(
     tasks: list[_Task],
     root: str,
     classes: list[str],
+    out: Path,
     opts: PackOptions,
     progress: Progress | None,
     stats: _Stats,
     early: ProcessWorkers | None = None,
+    remote: RemoteOutput | None = None,
 ) -> None:
     total = sum(t.shard.stop - t.shard.start for t in tasks)
     jobs = (
@@ -196,7 +187,7 @@ def _write_shards(
         for task in tasks:
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
-            with ShardWriter(opts.out / shard.file, fsync=opts.fsync) as writer:
+            with ShardWriter(out / shard.file, fsync=opts.fsync) as writer:
                 frames: list[bytes] = []  # written together (one write, one hash update)
                 held = 0
                 for j in range(shard.start, shard.stop):
@@ -230,7 +221,10 @@ def _write_shards(
                 bytes=info.bytes,
                 sha256=info.sha256,
             )
-            task.state.add(shard.number, DoneShard(done, tuple(skipped)))
+            finished = DoneShard(done, tuple(skipped))
+            task.state.add(shard.number, finished)
+            if remote is not None:  # uploaded while the next shard is packed
+                remote.shard_done(plan.name, shard.number, finished)
     finally:
         if stream is not None:
             stream.close()
@@ -279,13 +273,35 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
-    early = None if opts.merge else _start_early(root_s, splits, opts)
     classes, from_dirs = resolve_classes(splits, opts.pack_label)
+    if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
+        remote = RemoteOutput.open(opts)
+        try:
+            return _pack(
+                root_s, splits, classes, from_dirs, remote.staging, opts, progress, remote, t0
+            )
+        finally:
+            remote.close()
     out = opts.out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
+    return _pack(root_s, splits, classes, from_dirs, out, opts, progress, None, t0)
+
+
+def _pack(
+    root_s: str,
+    splits: list[SplitList],
+    classes: list[str],
+    from_dirs: bool,
+    out: Path,
+    opts: PackOptions,
+    progress: Progress | None,
+    remote: RemoteOutput | None,
+    t0: float,
+) -> PackResult:
+    early = None if opts.merge else _start_early(root_s, splits, opts)
     existing = read_existing_manifest(out)
     replaced_all = (
         existing is not None and opts.overwrite and set(existing.splits) <= {s.name for s in splits}
@@ -309,12 +325,12 @@ def pack(
         checker.shutdown(wait=False)
 
     if opts.merge:
-        return _merge(out, plans, classes, from_dirs, extras, outside, t0)
+        return merge_parts(out, plans, classes, from_dirs, extras, outside, t0)
 
     tasks: list[_Task] = []
     dones: dict[str, dict[int, DoneShard]] = {}
     for plan in plans:
-        done = _prepare(out, plan, opts)
+        done = remote.prepare(plan) if remote is not None else _prepare(out, plan, opts)
         if done is None:
             logger.info("split %s is already packed in %s", plan.name, out)
             continue
@@ -336,13 +352,13 @@ def pack(
             )
 
     stats = _Stats()
-    _write_shards(tasks, root_s, classes, opts, progress, stats, early)
+    _write_shards(tasks, root_s, classes, out, opts, progress, stats, early, remote)
     if checked is not None:
         outside = checked.result()
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
-    manifest_path: Path | None = None
+    manifest_path: Path | str | None = None
     finals = []
     for plan in plans:
         if plan.name not in dones:
@@ -364,17 +380,22 @@ def pack(
         skipped.extend(
             {"split": plan.name, "path": p, "reason": r} for d in mine for p, r in d.skipped
         )
-        outside[plan.name] = _not_skipped(outside[plan.name], done.values())
+        outside[plan.name] = packed_outside(outside[plan.name], done.values())
         finals.append((plan, done, extras[plan.name]))
     if opts.part[1] == 1:
         if finals:
             manifest_path = write_final_manifest(out, classes, from_dirs, finals, outside)
+            if remote is not None:  # last: every shard it names is uploaded
+                manifest_path = remote.publish([plan.name for plan, _, _ in finals])
             for plan, _, _ in finals:
                 _remove(state_files(out, plan.name))
+        elif remote is not None:
+            remote.finish_uploads()
+            manifest_path = remote.remote.child(MANIFEST_NAME)
         elif (out / MANIFEST_NAME).exists():
             manifest_path = out / MANIFEST_NAME
     return PackResult(
-        out=out,
+        out=opts.out,
         manifest=manifest_path,
         classes=classes,
         splits=results,
@@ -419,72 +440,3 @@ def _outside_root(
             for k, why in found
         ]
     return out
-
-
-def _not_skipped(outside: list[dict[str, Any]], done: Iterable[DoneShard]) -> list[dict[str, Any]]:
-    """The outside-ROOT entries that were packed (a skipped one is listed as skipped only)."""
-    gone = {path for d in done for path, _ in d.skipped}
-    return [o for o in outside if o["path"] not in gone]
-
-
-def _merge(
-    out: Path,
-    plans: list[SplitPlan],
-    classes: list[str],
-    from_dirs: bool,
-    extras: dict[str, dict[str, Any]],
-    outside: dict[str, list[dict[str, Any]]],
-    t0: float,
-) -> PackResult:
-    finals = []
-    missing: list[str] = []
-    results: dict[str, SplitResult] = {}
-    skipped: list[dict[str, Any]] = []
-    existing = read_existing_manifest(out)
-    for plan in plans:
-        if existing is not None and plan.name in existing.splits:
-            old = (existing.pack.get("splits") or {}).get(plan.name) or {}
-            if old.get("fingerprint") == plan.fingerprint:
-                logger.info("split %s is already merged in %s", plan.name, out)
-                continue
-        done = finished_shards(out, plan)
-        missing += [s.file for s in plan.shards if s.number not in done]
-        finals.append((plan, done, extras[plan.name]))
-    if missing:
-        shown = ", ".join(missing[:8]) + (
-            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        )
-        raise PackError(f"cannot merge: {len(missing)} shard(s) not finished: {shown}")
-    for plan, done, _ in finals:
-        results[plan.name] = SplitResult(
-            records=sum(d.entry.records for d in done.values()),
-            shards=len(plan.shards),
-            skipped=sum(len(d.skipped) for d in done.values()),
-            shards_written=0,
-            shards_reused=len(plan.shards),
-        )
-        skipped.extend(
-            {"split": plan.name, "path": p, "reason": r}
-            for k in range(len(plan.shards))
-            for p, r in done[k].skipped
-        )
-        outside[plan.name] = _not_skipped(outside[plan.name], done.values())
-    path = (
-        write_final_manifest(out, classes, from_dirs, finals, outside)
-        if finals
-        else out / MANIFEST_NAME
-    )
-    for plan, _, _ in finals:
-        _remove(state_files(out, plan.name))
-    return PackResult(
-        out=out,
-        manifest=path,
-        classes=classes,
-        splits=results,
-        skipped=skipped,
-        images=0,
-        bytes_in=0,
-        bytes_out=0,
-        seconds=time.perf_counter() - t0,
-        outside_root=[o for name in results for o in outside.get(name, [])],
-    )

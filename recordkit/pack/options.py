@@ -10,6 +10,7 @@ from typing import Any
 
 from recordkit.errors import RecordkitError
 from recordkit.imaging import ImageOptions
+from recordkit.remote.urls import is_url
 
 __all__ = [
     "DEFAULT_SHARD_BYTES",
@@ -41,7 +42,10 @@ class PackOptions:
     """How to pack: image processing, sharding, parallelism, resume.
 
     Attributes:
-        out: Output directory for shards and ``recordkit.json`` (created if missing).
+        out: Output directory for shards and ``recordkit.json`` (created if missing), or a
+            URL (``s3://bucket/ds``, ``gs://…``, ``https://…`` with PUT): then the shards are
+            packed into ``staging`` and uploaded as each finishes, the manifest last (see
+            :mod:`recordkit.pack.upload`). A URL is kept as a string, without a trailing ``/``.
         image: How each image is decoded, converted, resized and encoded.
         split: Split name of an unsuffixed list (``PREFIX.lst``, ``PREFIX_0.lst``, or a
             ``--list`` file without ``_train`` / ``_val`` / ``_test``).
@@ -72,9 +76,14 @@ class PackOptions:
             still allocate (``recordkit.memory.usable_memory``). Not part of the shards'
             fingerprint: it decides only which oversized images are refused.
         fsync: ``fsync`` each shard and state file before renaming (crash safety on power loss).
+        staging: With a URL ``out``: the local directory shards are written to before upload
+            (None: :func:`recordkit.pack.upload.default_staging`).
+        upload_window: With a URL ``out``: most finished shards waiting for or in upload at
+            once; packing waits when it is full, so staging holds at most this many shards
+            plus the one being written.
     """
 
-    out: Path = Path("shards")
+    out: Path | str = Path("shards")
     image: ImageOptions = field(default_factory=ImageOptions)
     split: str = "train"
     lists: tuple[Path, ...] = ()
@@ -91,9 +100,16 @@ class PackOptions:
     strict: bool = False
     memory: int | None = None
     fsync: bool = True
+    staging: Path | None = None
+    upload_window: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
+        out = os.fspath(self.out)
+        object.__setattr__(self, "out", out.rstrip("/") if is_url(out) else Path(out))
+        if self.staging is not None:
+            object.__setattr__(self, "staging", Path(self.staging))
+        if self.upload_window < 1:
+            raise PackError(f"upload window must be at least 1, got {self.upload_window}")
         object.__setattr__(self, "lists", tuple(Path(p) for p in self.lists))
         if self.threads < 1:
             raise PackError(f"threads must be at least 1, got {self.threads}")
@@ -147,8 +163,8 @@ class PackResult:
     """The outcome of :func:`recordkit.pack.pack`.
 
     Attributes:
-        out: The output directory.
-        manifest: Path of ``recordkit.json``, or ``None`` when only a part was packed.
+        out: The output directory (or URL).
+        manifest: Path (or URL) of ``recordkit.json``, or ``None`` when only a part was packed.
         classes: Class names in label order.
         splits: Split name → :class:`SplitResult`.
         skipped: The inputs left out: dicts with ``split``, ``path`` and ``reason``.
@@ -160,8 +176,8 @@ class PackResult:
             with ``split``, ``path`` and ``reason``), as im2rec packs them.
     """
 
-    out: Path
-    manifest: Path | None
+    out: Path | str
+    manifest: Path | str | None
     classes: list[str]
     splits: dict[str, SplitResult]
     skipped: list[dict[str, Any]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +21,27 @@ from typing import Any
 from recordkit.classmap import existing_manifest, merge_classes
 from recordkit.errors import DiskFullError, is_disk_full
 from recordkit.format.manifest import (
+    MANIFEST_NAME,
     Manifest,
     ShardEntry,
     SplitEntry,
     write_manifest,
 )
-from recordkit.pack.options import PackError
+from recordkit.pack.options import PackError, PackResult, SplitResult
 from recordkit.pack.plan import SplitPlan
 
 __all__ = [
     "DoneShard",
+    "drop_split_from_manifest",
+    "merge_parts",
+    "packed_outside",
     "StateFile",
     "finished_shards",
+    "parse_state",
     "read_existing_manifest",
     "state_files",
     "split_files",
+    "state_data",
     "write_final_manifest",
 ]
 
@@ -100,14 +107,7 @@ class StateFile:
         self.save()
 
     def save(self) -> None:
-        data = {
-            "version": STATE_VERSION,
-            "split": self.plan.name,
-            "fingerprint": self.plan.fingerprint,
-            "num_shards": len(self.plan.shards),
-            "part": list(self.part),
-            "shards": {str(k): v.to_dict() for k, v in sorted(self.done.items())},
-        }
+        data = state_data(self.plan, self.part, self.done)
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -121,6 +121,42 @@ class StateFile:
             if is_disk_full(exc):
                 raise DiskFullError(self.path, getattr(exc, "strerror", None)) from exc
             raise
+
+
+def state_data(
+    plan: SplitPlan, part: tuple[int, int], done: dict[int, DoneShard]
+) -> dict[str, Any]:
+    """The JSON content of a state file recording ``done`` shards of ``plan``."""
+    return {
+        "version": STATE_VERSION,
+        "split": plan.name,
+        "fingerprint": plan.fingerprint,
+        "num_shards": len(plan.shards),
+        "part": list(part),
+        "shards": {str(k): v.to_dict() for k, v in sorted(done.items())},
+    }
+
+
+def parse_state(data: dict[str, Any], where: str, plan: SplitPlan) -> dict[int, DoneShard]:
+    """The shards a state file's content records (empty when it is malformed).
+
+    Raises:
+        PackError: The state file was written for other lists or options.
+    """
+    if not isinstance(data, dict):
+        logger.warning("ignoring malformed state file %s: not a JSON object", where)
+        return {}
+    if data.get("fingerprint") != plan.fingerprint:
+        raise PackError(
+            f"{where} was written by a pack of split {plan.name!r} with other lists or "
+            "options; pack with the same ones, or use --overwrite to start over"
+        )
+    try:
+        shards = {int(k): DoneShard.from_dict(v) for k, v in data["shards"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        logger.warning("ignoring malformed state file %s: %s", where, exc)
+        return {}
+    return {k: v for k, v in shards.items() if 0 <= k < len(plan.shards)}
 
 
 def _load_state(path: Path) -> dict[str, Any] | None:
@@ -142,8 +178,11 @@ def _consistent(out: Path, entry: ShardEntry) -> bool:
         return False
 
 
-def finished_shards(out: Path, plan: SplitPlan) -> dict[int, DoneShard]:
-    """Finished shards of ``plan`` recorded by any state file in ``out``.
+def finished_shards(
+    out: Path, plan: SplitPlan, ignore: frozenset[int] = frozenset()
+) -> dict[int, DoneShard]:
+    """Finished shards of ``plan`` recorded by any state file in ``out`` (shard numbers in
+    ``ignore`` are not looked at).
 
     Raises:
         PackError: A state file of this split was written for other lists or options.
@@ -153,18 +192,10 @@ def finished_shards(out: Path, plan: SplitPlan) -> dict[int, DoneShard]:
         data = _load_state(path)
         if data is None:
             continue
-        if data.get("fingerprint") != plan.fingerprint:
-            raise PackError(
-                f"{path} was written by a pack of split {plan.name!r} with other lists or "
-                "options; pack with the same ones, or use --overwrite to start over"
-            )
-        try:
-            shards = {int(k): DoneShard.from_dict(v) for k, v in data["shards"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            logger.warning("ignoring malformed state file %s: %s", path, exc)
-            continue
-        for k, shard in shards.items():
-            if k < len(plan.shards) and _consistent(out, shard.entry):
+        for k, shard in parse_state(data, str(path), plan).items():
+            if k in ignore:
+                continue
+            if _consistent(out, shard.entry):
                 done[k] = shard
             else:
                 logger.warning(
@@ -238,3 +269,95 @@ def write_final_manifest(
         )
     manifest.pack["splits"] = by_split
     return write_manifest(manifest, out)
+
+
+def drop_split_from_manifest(out: Path, name: str) -> None:
+    """Remove a split being overwritten from the manifest, so no finished dataset lists it."""
+    existing = read_existing_manifest(out)
+    if existing is None or name not in existing.splits:
+        return
+    del existing.splits[name]
+    existing.skipped = [s for s in existing.skipped if s.get("split") != name]
+    existing.outside_root = [s for s in existing.outside_root if s.get("split") != name]
+    (existing.pack.get("splits") or {}).pop(name, None)
+    if existing.splits:
+        write_manifest(existing, out)
+    else:
+        (out / MANIFEST_NAME).unlink()
+
+
+def packed_outside(
+    outside: list[dict[str, Any]], done: Iterable[DoneShard]
+) -> list[dict[str, Any]]:
+    """The outside-ROOT entries that were packed (a skipped one is listed as skipped only)."""
+    gone = {path for d in done for path, _ in d.skipped}
+    return [o for o in outside if o["path"] not in gone]
+
+
+def merge_parts(
+    out: Path,
+    plans: list[SplitPlan],
+    classes: list[str],
+    from_dirs: bool,
+    extras: dict[str, dict[str, Any]],
+    outside: dict[str, list[dict[str, Any]]],
+    t0: float,
+) -> PackResult:
+    """``--merge``: the manifest of all ``--part`` runs, once every shard is finished.
+
+    Raises:
+        PackError: A shard of some split is not finished.
+    """
+    finals = []
+    missing: list[str] = []
+    results: dict[str, SplitResult] = {}
+    skipped: list[dict[str, Any]] = []
+    existing = read_existing_manifest(out)
+    for plan in plans:
+        if existing is not None and plan.name in existing.splits:
+            old = (existing.pack.get("splits") or {}).get(plan.name) or {}
+            if old.get("fingerprint") == plan.fingerprint:
+                logger.info("split %s is already merged in %s", plan.name, out)
+                continue
+        done = finished_shards(out, plan)
+        missing += [s.file for s in plan.shards if s.number not in done]
+        finals.append((plan, done, extras[plan.name]))
+    if missing:
+        shown = ", ".join(missing[:8]) + (
+            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        )
+        raise PackError(f"cannot merge: {len(missing)} shard(s) not finished: {shown}")
+    for plan, done, _ in finals:
+        results[plan.name] = SplitResult(
+            records=sum(d.entry.records for d in done.values()),
+            shards=len(plan.shards),
+            skipped=sum(len(d.skipped) for d in done.values()),
+            shards_written=0,
+            shards_reused=len(plan.shards),
+        )
+        skipped.extend(
+            {"split": plan.name, "path": p, "reason": r}
+            for k in range(len(plan.shards))
+            for p, r in done[k].skipped
+        )
+        outside[plan.name] = packed_outside(outside[plan.name], done.values())
+    path = (
+        write_final_manifest(out, classes, from_dirs, finals, outside)
+        if finals
+        else out / MANIFEST_NAME
+    )
+    for plan, _, _ in finals:
+        for p in state_files(out, plan.name):
+            p.unlink(missing_ok=True)
+    return PackResult(
+        out=out,
+        manifest=path,
+        classes=classes,
+        splits=results,
+        skipped=skipped,
+        images=0,
+        bytes_in=0,
+        bytes_out=0,
+        seconds=time.perf_counter() - t0,
+        outside_root=[o for name in results for o in outside.get(name, [])],
+    )

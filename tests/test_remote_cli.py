@@ -1,0 +1,158 @@
+"""recordkit verify / inspect / bench / show and recordkit-train run on URLs served by nginx
+and moto: the same results as on the local directory, one-line errors otherwise."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_one_line_error
+from tinyrun import colour_shards
+
+from recordkit.cli import main
+from recordkit_train.cli import main as train_main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def served(nginx):
+    root = colour_shards(nginx.root / "cli", ["red", "green", "blue"], n_train=24, n_val=7)
+    yield root, f"{nginx.url}/cli/"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_verify_ok_and_problems_name_urls(served, nginx, tmp_path):
+    local, url = served
+    res = _run("verify", url, "-q")
+    assert res.exit_code == 0, res.output
+    assert res.output == _run("verify", local, "-q").output  # "verified 4 file(s), … OK"
+    assert res.output.startswith("verified 4 file(s), 31 record(s)")
+    bad = shutil.copytree(local, nginx.root / "cli-bad")
+    try:
+        shard = bad / "train-00001-of-00003.tfrecord"
+        data = bytearray(shard.read_bytes())
+        data[30] ^= 1
+        shard.write_bytes(bytes(data))
+        (bad / "val-00000-of-00001.idx").unlink()
+        res = _run("verify", f"{nginx.url}/cli-bad", "-q")
+        assert res.exit_code == 1
+        lines = res.output.splitlines()
+        assert any(
+            line.startswith(f"{nginx.url}/cli-bad/train-00001-of-00003.tfrecord: offset 0:")
+            for line in lines
+        ), res.output
+        assert f"{nginx.url}/cli-bad/val-00000-of-00001.idx: index missing" in res.output
+    finally:
+        shutil.rmtree(bad)
+
+
+def test_inspect_matches_local(served):
+    local, url = served
+    remote = json.loads(_run("inspect", url, "--json", "-q").output)
+    here = json.loads(_run("inspect", local, "--json", "-q").output)
+    assert remote.pop("path") == url.rstrip("/") and here.pop("path") == str(local)
+    assert remote == here
+
+
+def test_bench_and_show_read_urls(served, tmp_path):
+    _, url = served
+    res = _run(
+        "bench",
+        url,
+        "--backend",
+        "torch",
+        "--batch-size",
+        "4",
+        "--batches",
+        "3",
+        "--warmup",
+        "1",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--json",
+        "--cache-dir",
+        tmp_path / "c",
+        "--cache-limit",
+        "10MB",
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["images"] == 12
+    assert list((tmp_path / "c").rglob("train-*.tfrecord"))  # training reads go through it
+    res = _run("show", url, "--split", "val", "-n", "4", "-o", tmp_path / "g.png")
+    assert res.exit_code == 0, res.output and (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_cli_errors_are_one_line(nginx, tmp_path):
+    assert_one_line_error(_run("inspect", f"{nginx.url}/forbidden/d/"), "access denied (403)")
+    assert_one_line_error(_run("verify", f"{nginx.url}/absent/"), "not found (404)")
+    res = _run("bench", f"{nginx.url}/absent/", "--cache-limit", "lots")
+    assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_missing_backend_package_is_an_install_hint(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_gcsfs(name, *args, **kw):
+        if name.startswith("gcsfs"):
+            raise ImportError("No module named 'gcsfs'")
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_gcsfs)
+    res = _run("inspect", "gs://bucket/ds/")
+    assert_one_line_error(res, "pip install 'recordkit[gcs]'")
+
+
+@pytest.mark.slow
+def test_train_run_on_https_and_s3(served, moto_s3, tmp_path):
+    from remote_servers import upload_dir
+
+    local, url = served
+    upload_dir(local, "s3://recordkit-test/cli")
+    for data in (url, "s3://recordkit-test/cli/"):
+        out = tmp_path / data.split(":")[0]
+        res = CliRunner().invoke(
+            train_main,
+            [
+                "run",
+                "--data",
+                data,
+                "--out",
+                str(out),
+                "--arch",
+                "resnet18",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--image-size",
+                "32",
+                "--precision",
+                "fp32",
+                "--workers",
+                "0",
+                "--backend",
+                "torch",
+                "--device",
+                "cpu",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--cache-limit",
+                "5MB",
+            ],
+            catch_exceptions=False,
+        )
+        assert res.exit_code == 0, res.output
+        config = json.loads((out / "config.json").read_text())
+        assert config["data"] == data and config["cache_limit"] == "5MB"
+        assert (out / "last.pt").exists()
