@@ -35,6 +35,7 @@ from recordkit.pack.state import (
     StateFile,
     check_classes,
     finished_shards,
+    part_counts,
     read_existing_manifest,
     split_files,
     state_files,
@@ -427,6 +428,29 @@ def _not_skipped(outside: list[dict[str, Any]], done: Iterable[DoneShard]) -> li
     return [o for o in outside if o["path"] not in gone]
 
 
+def _missing_parts(missing: list[tuple[int, str]], counts: set[int]) -> str:
+    """The merge error: which parts (when the state files tell ``N``) and shards are missing.
+
+    Args:
+        missing: ``(shard number, file name)`` of every unfinished shard, over all splits.
+        counts: The ``N`` of the ``--part K/N`` state files found.
+    """
+    files = [name for _, name in missing]
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    shards = f"{len(files)} shard(s) not finished: {shown}"
+    if len(counts) != 1:  # no part ran yet, or parts of different N: name the shards only
+        return f"cannot merge: {shards}"
+    (n,) = counts
+    parts = sorted({number % n for number, _ in missing})
+    named = ", ".join(f"{k}/{n}" for k in parts[:16])
+    if len(parts) > 16:
+        named += f" and {len(parts) - 16} more"
+    return (
+        f"cannot merge: part(s) {named} not finished ({shards}); run pack with --part K/N "
+        "(and --resume if it was interrupted) for each, then --merge again"
+    )
+
+
 def _merge(
     out: Path,
     plans: list[SplitPlan],
@@ -437,7 +461,8 @@ def _merge(
     t0: float,
 ) -> PackResult:
     finals = []
-    missing: list[str] = []
+    missing: list[tuple[int, str]] = []
+    counts: set[int] = set()
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
     existing = read_existing_manifest(out)
@@ -448,13 +473,11 @@ def _merge(
                 logger.info("split %s is already merged in %s", plan.name, out)
                 continue
         done = finished_shards(out, plan)
-        missing += [s.file for s in plan.shards if s.number not in done]
+        missing += [(s.number, s.file) for s in plan.shards if s.number not in done]
+        counts |= part_counts(out, plan.name)
         finals.append((plan, done, extras[plan.name]))
     if missing:
-        shown = ", ".join(missing[:8]) + (
-            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        )
-        raise PackError(f"cannot merge: {len(missing)} shard(s) not finished: {shown}")
+        raise PackError(_missing_parts(missing, counts))
     for plan, done, _ in finals:
         results[plan.name] = SplitResult(
             records=sum(d.entry.records for d in done.values()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,17 @@ def state_files(out: Path, split: str) -> list[Path]:
     return sorted(
         p for p in out.glob(f".pack-state.{split}.*json") if p.name.startswith(".pack-state.")
     )
+
+
+def part_counts(out: Path, split: str) -> set[int]:
+    """The ``N`` of every ``--part K/N`` run that left a state file of ``split`` in ``out``."""
+    found = set()
+    pattern = re.compile(rf"\.pack-state\.{re.escape(split)}\.part-\d+-of-(\d+)\.json")
+    for path in state_files(out, split):
+        match = pattern.fullmatch(path.name)
+        if match:
+            found.add(int(match.group(1)))
+    return found
 
 
 def split_files(out: Path, split: str) -> list[Path]:
