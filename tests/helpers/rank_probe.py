@@ -17,6 +17,9 @@ directory) with:
   ``tempfile`` and matplotlib are seen alike);
 - ``exit``: the exit code.
 
+With ``PROBE_SIGNAL_AT="E:I"`` set, local rank 0 of each node sends SIGUSR1 to its torchrun
+agent as step ``I`` of epoch ``E`` begins (a preemption notice for every node).
+
 The test data gives every record a distinct label (train record ``i`` has label ``i``, val
 record ``j`` label ``j``), so labels name the records each rank read.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -132,8 +136,17 @@ dali_mod.build_pipeline = _build_pipeline
 real_step = engine._train_step
 
 
+# PROBE_SIGNAL_AT="E:I": local rank 0 of each node sends SIGUSR1 to its torchrun agent as
+# step I of epoch E begins, as Slurm's --signal (passed on by the batch script) reaches the
+# launcher of every node; the agent forwards it to the node's ranks.
+signal_at = os.environ.get("PROBE_SIGNAL_AT")
+signal_step = tuple(int(x) for x in signal_at.split(":")) if signal_at else None
+
+
 def _step(**kw):
     record["train"].append([kw["epoch"], kw["i"], *kw["labels"].reshape(-1).tolist()])
+    if (kw["epoch"], kw["i"]) == signal_step and os.environ.get("LOCAL_RANK") == "0":
+        os.kill(os.getppid(), signal.SIGUSR1)
     return real_step(**kw)
 
 
