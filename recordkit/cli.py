@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -532,7 +533,9 @@ def _shard_options(bytes_help: str) -> Callable[[F], F]:
     callback=_parse_part,
     default=None,
     metavar="K/N",
-    help="Pack only shards i with i % N == K (machine K of N); then run once with --merge.",
+    help="Pack only shards i with i % N == K (machine K of N); then run once with --merge. "
+    "In a Slurm job array the default is K = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, "
+    "N = SLURM_ARRAY_TASK_COUNT.",
 )
 @click.option("--merge", is_flag=True, help="Write the manifest once all --part runs finished.")
 @click.option(
@@ -614,6 +617,16 @@ def pack_cmd(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if part is None and not merge:
+        from recordkit.pack.slurm import array_part
+
+        part = array_part()
+        if part is not None:
+            click.echo(
+                f"part {part[0]}/{part[1]} from the Slurm job array "
+                f"(SLURM_ARRAY_TASK_ID={os.environ['SLURM_ARRAY_TASK_ID']})",
+                err=True,
+            )
     options = PackOptions(
         out=out,
         staging=staging,

@@ -307,6 +307,13 @@ def main(verbose: int) -> None:
 @click.option("--print-freq", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also write last.pt every N training steps, mid-epoch (--resume continues at the next "
+    "sample). SIGTERM / SIGUSR1 always write one and exit with code 75.",
+)
+@click.option(
     "--resume",
     type=click.Path(path_type=Path),
     default=None,
@@ -370,6 +377,7 @@ def run_cmd(
         return
     from recordkit_train.config import TrainConfig
     from recordkit_train.engine import train
+    from recordkit_train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
     if data is None and not options["synthetic"]:
         raise click.UsageError("--data is required (or use --synthetic)")
@@ -380,7 +388,11 @@ def run_cmd(
         lr_step_epochs=_steps(lr_step_epochs),
         **options,  # type: ignore[arg-type]
     )
-    train(config, device=device)
+    try:
+        train(config, device=device)
+    except Preempted as exc:
+        click.echo(f"recordkit-train: {exc}", err=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 @main.command("eval", context_settings=CONTEXT_SETTINGS)

@@ -119,6 +119,8 @@ class TrainConfig:
         seed: Base seed for initialisation, order and augmentation.
         print_freq: Iterations between training log lines (and metric syncs).
         eval_every: Validate every N epochs (and after the last).
+        checkpoint_every: Also write ``last.pt`` every this many training steps, mid-epoch
+            (None: at epoch ends only, and when stopped by SIGTERM / SIGUSR1).
         resume: Output directory or checkpoint file to resume from.
         pretrained: Weights to fine-tune from (checkpoint or state dict; see
             :mod:`recordkit_train.pretrained`); not read when resuming.
@@ -181,6 +183,7 @@ class TrainConfig:
     seed: int = 0
     print_freq: int = 10
     eval_every: int = 1
+    checkpoint_every: int | None = None
     resume: str | None = None
     pretrained: str | None = None
     freeze_backbone: bool = False
@@ -250,6 +253,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.lr_schedule == "onecycle" and self.warmup_epochs:
             raise ConfigError("onecycle has its own warm-up (30 % of the run); drop warmup_epochs")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.dist_timeout is not None and not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.backbone_lr_scale > 0:

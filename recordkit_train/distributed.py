@@ -244,9 +244,11 @@ def guard_rank() -> Iterator[None]:
         )
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    from recordkit_train.preemption import Preempted  # it imports this module
+
     try:
         yield
-    except RankFailure:
+    except (RankFailure, Preempted):
         raise
     except Exception as exc:
         if _lost_peer(exc):

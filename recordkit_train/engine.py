@@ -30,13 +30,7 @@ from torch import nn
 
 import recordkit
 from recordkit_train import distributed
-from recordkit_train.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-    unwrap,
-)
+from recordkit_train.checkpoint import load_checkpoint, restore_rng, unwrap
 from recordkit_train.config import ConfigError, TrainConfig
 from recordkit_train.ema import ModelEma
 from recordkit_train.metrics import AccuracyMeter, LossMeter, read_meters
@@ -49,6 +43,13 @@ from recordkit_train.precision import (
     autocast,
     precision_reason,
     resolve_precision,
+)
+from recordkit_train.preemption import (
+    Checkpointer,
+    Preempted,
+    StepTrace,
+    StopRequest,
+    trim_trace,
 )
 from recordkit_train.pretrained import setup_finetuning
 from recordkit_train.reporting import Reporter, progress_enabled
@@ -222,31 +223,51 @@ def _train_epoch(
     reporter: Reporter,
     mixer: Mixer | None = None,
     ema: ModelEma | None = None,
+    ckpt: Checkpointer,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """Train one epoch (from ``resume``'s position when given: a mid-epoch checkpoint's).
+
+    After each step the stop request is polled; when the ranks agree to stop (or every
+    ``checkpoint_every`` steps) ``ckpt`` writes a mid-epoch checkpoint, and on a stop
+    :class:`~recordkit_train.preemption.Preempted` is raised.
+    """
     device = env.device
     model.train()
-    loader.set_epoch(epoch)
     window_loss = LossMeter(device)
     window_acc = AccuracyMeter(device=device)
     epoch_loss = LossMeter(device)
-    lr = schedule.lr_at(epoch, 0)
+    start_batch = 0
+    if resume is not None:
+        start_batch = int(resume["batch"])
+        loader.load_state_dict(resume["loader"])
+        if env.is_main and resume.get("epoch_loss"):
+            epoch_loss.load_sums(resume["epoch_loss"])
+    else:
+        loader.set_epoch(epoch)
+    lr = schedule.lr_at(epoch, start_batch)
     start = window_start = time.perf_counter()
     window_n = total_n = 0
     iters = len(loader)
     with reporter.epoch_bar(iters, epoch) as bar:
-        for i, (images, labels) in enumerate(loader):
-            lr = _train_step(
+        if start_batch:
+            bar.update(start_batch)
+        for i, (images, labels) in enumerate(loader, start=start_batch):
+            step = epoch * iters + i + 1
+            lr, loss = _train_step(
                 cfg=cfg, epoch=epoch, i=i, images=images, labels=labels, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, criterion=criterion,
                 meters=(window_loss, window_acc, epoch_loss), device=device,
-                mixer=mixer, ema=ema, step=epoch * iters + i + 1,
+                mixer=mixer, ema=ema, step=step,
             )  # fmt: skip
+            ckpt.trace.add(step, epoch, i + 1, loss, lr)
             n = images.shape[0]
             window_n += n
             total_n += n
             bar.update(1)
             if (i + 1) % cfg.print_freq == 0:
                 stats, acc = read_meters(window_loss, window_acc)  # the one sync per window
+                ckpt.trace.flush()
                 elapsed = time.perf_counter() - window_start
                 rate = window_n * env.world_size / elapsed if elapsed > 0 else 0.0
                 logger.info(
@@ -261,7 +282,7 @@ def _train_epoch(
                 )
                 bar.set_postfix_str(f"loss {stats['loss']:.3f}, {rate:.0f} img/s")
                 reporter.scalars(
-                    epoch * iters + i + 1,
+                    step,
                     {
                         "train/loss": stats["loss"],
                         "train/top1": acc["top1"],
@@ -274,7 +295,14 @@ def _train_epoch(
                 window_acc.reset()
                 window_n = 0
                 window_start = time.perf_counter()
+            stop = ckpt.stop.poll()
+            every = cfg.checkpoint_every
+            if stop or (every and step % every == 0 and i + 1 < iters):
+                ckpt.save(epoch=epoch, batch=i + 1, loader=loader, epoch_loss=epoch_loss)
+                if stop:
+                    raise Preempted(ckpt.path, epoch, i + 1, ckpt.stop.signal_name)
     (epoch_stats,) = read_meters(epoch_loss)
+    ckpt.trace.flush()
     _sync(device)
     elapsed = time.perf_counter() - start
     return {
@@ -301,13 +329,15 @@ def _train_step(
     mixer: Mixer | None = None,
     ema: ModelEma | None = None,
     step: int = 0,
-) -> float:
-    """One optimizer step; metrics accumulate on the device (no host sync). Returns the LR.
+) -> tuple[float, torch.Tensor]:
+    """One optimizer step; metrics accumulate on the device (no host sync).
 
     With ``mixer`` the batch is mixed here, on the device, and the loss is the soft-target
     cross entropy (label smoothing is in the targets); training top-1 then counts each image's
     dominant label. With ``ema`` the average is updated after the step (``step``: 1-based
     over the run).
+
+    Returns the LR and the batch's loss (a detached device tensor).
     """
     window_loss, window_acc, epoch_loss = meters
     images = images.to(device, non_blocking=True)
@@ -330,7 +360,7 @@ def _train_step(
     window_loss.update(loss, n)
     window_acc.update(logits.float(), labels if targets is None else dominant_labels(targets))
     epoch_loss.update(loss, n)
-    return lr
+    return lr, loss.detach()
 
 
 def _trim_metrics(path: Path, start_epoch: int) -> None:
@@ -356,23 +386,39 @@ def _resume_path(resume: str) -> Path:
 def _resume(
     path: Path,
     *,
+    env: distributed.DistEnv,
+    cfg: TrainConfig,
+    iters: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: LossScaler,
     schedule: LRSchedule,
     ema: ModelEma | None = None,
-) -> tuple[int, float | None]:
-    """Restore a run's state from ``path``; return the epoch to start at and the best top-1.
+) -> tuple[int, float | None, dict[str, Any] | None]:
+    """Restore a run's state from ``path``.
+
+    Returns the epoch to start at, the best top-1 and, for a mid-epoch checkpoint, this
+    rank's position in that epoch: ``{"batch", "loader", "epoch_loss"}`` (else None).
 
     The checkpoint is loaded to the CPU whatever the training device: the model's and the
     optimizer's ``load_state_dict`` copy each tensor to the device of the parameter it
     belongs to, and the RNG states must be CPU tensors (NumPy's key array is read back with
-    ``.numpy()``, which fails for a tensor mapped to a GPU).
+    ``.numpy()``, which fails for a tensor mapped to a GPU). Each rank restores its own RNG
+    states when the checkpoint has them for this world size, else rank 0's.
     """
     state = load_checkpoint(path, map_location="cpu")
     missing = {"model", "optimizer", "schedule", "epoch"} - set(state)
     if missing:
         raise ConfigError(f"{path} cannot be resumed from: no {', '.join(sorted(missing))}")
+    batch = int(state.get("batch") or 0)
+    if batch:
+        saved = (state.get("world_size"), state.get("batch_size"), state.get("iters_per_epoch"))
+        if saved != (env.world_size, cfg.batch_size, iters):
+            raise ConfigError(
+                f"{path} was written mid-epoch by {saved[0]} ranks x {saved[1]} images "
+                f"({saved[2]} iters/epoch); this run has {env.world_size} x {cfg.batch_size} "
+                f"({iters}): resume it with the same world size, --batch-size and data"
+            )
     unwrap(model).load_state_dict(state["model"])
     if ema is not None:
         if isinstance(state.get("ema"), dict):
@@ -395,11 +441,23 @@ def _resume(
             state["schedule"],
         )
     schedule.load_state_dict(state["schedule"])
-    if state.get("rng"):
-        restore_rng(state["rng"])
+    ranks = state.get("ranks") or []
+    mine = ranks[env.rank] if len(ranks) == env.world_size else {}
+    rng = mine.get("rng") or state.get("rng")
+    if rng:
+        restore_rng(rng)
     start_epoch = int(state["epoch"])
-    logger.info("resumed from %s at epoch %d", path, start_epoch)
-    return start_epoch, state.get("best_metric")
+    position = None
+    if batch:
+        position = {
+            "batch": batch,
+            "loader": mine.get("loader") or {"epoch": start_epoch, "batch": batch},
+            "epoch_loss": state.get("epoch_loss"),
+        }
+        logger.info("resumed from %s at epoch %d, batch %d", path, start_epoch, batch)
+    else:
+        logger.info("resumed from %s at epoch %d", path, start_epoch)
+    return start_epoch, state.get("best_metric"), position
 
 
 def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -661,15 +719,20 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
     scaler = LossScaler(precision, device)
     start_epoch = 0
     best: float | None = None
+    position: dict[str, Any] | None = None
     if cfg.resume:
-        start_epoch, best = _resume(
+        start_epoch, best, position = _resume(
             _resume_path(cfg.resume),
+            env=env,
+            cfg=cfg,
+            iters=len(train_loader),
             model=model,
             optimizer=optimizer,
             scaler=scaler,
             schedule=schedule,
             ema=ema,
         )
+    start_step = start_epoch * len(train_loader) + (position["batch"] if position else 0)
     if env.is_main:
         logger.info("%s", schedule.describe())
         logger.info("%s", _describe_augment(cfg))
@@ -688,6 +751,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
     if env.is_main:
         cfg.write_json(out)
         _trim_metrics(out / "metrics.jsonl", start_epoch)
+        trim_trace(out / "steps.jsonl", start_step + 1)
         logger.info(
             "training %s on %d classes: %d ranks x %d images, %d iters/epoch, lr %.4g, %s (%s), %s",
             cfg.arch,
@@ -704,25 +768,31 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         out,
         progress=progress_enabled(cfg.progress, is_main=env.is_main),
         tensorboard=cfg.tensorboard and env.is_main,
-        purge_step=start_epoch * len(train_loader) + 1 if start_epoch else None,
+        purge_step=start_step + 1 if start_step else None,
     )
     try:
-        last = _epochs(
-            cfg=cfg,
-            env=env,
-            start_epoch=start_epoch,
-            best=best,
-            model=model,
-            loaders=(train_loader, val_loader),
-            optimizer=optimizer,
-            schedule=schedule,
-            scaler=scaler,
-            criterion=criterion,
-            classes=classes,
-            reporter=reporter,
-            mixer=mixer,
-            ema=ema,
-        )
+        with StopRequest(env) as stop:
+            ckpt = Checkpointer(
+                out=out, env=env, model=model, optimizer=optimizer, scaler=scaler,
+                schedule=schedule, config=cfg.to_dict(), classes=classes, stop=stop,
+                trace=StepTrace(out / "steps.jsonl", env), best=best, ema=ema,
+            )  # fmt: skip
+            last = _epochs(
+                cfg=cfg,
+                env=env,
+                start_epoch=start_epoch,
+                position=position,
+                model=model,
+                loaders=(train_loader, val_loader),
+                optimizer=optimizer,
+                schedule=schedule,
+                scaler=scaler,
+                criterion=criterion,
+                reporter=reporter,
+                ckpt=ckpt,
+                mixer=mixer,
+                ema=ema,
+            )
     finally:
         reporter.close()
         _close(train_loader, val_loader)
@@ -741,27 +811,32 @@ def _epochs(
     cfg: TrainConfig,
     env: distributed.DistEnv,
     start_epoch: int,
-    best: float | None,
+    position: dict[str, Any] | None,
     model: nn.Module,
     loaders: tuple[Any, Any | None],
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
     scaler: LossScaler,
     criterion: nn.Module,
-    classes: list[str],
     reporter: Reporter,
+    ckpt: Checkpointer,
     mixer: Mixer | None = None,
     ema: ModelEma | None = None,
 ) -> dict[str, Any]:
-    """Train, validate and checkpoint epochs ``start_epoch`` .. ``cfg.epochs - 1``.
+    """Train, validate and checkpoint epochs ``start_epoch`` .. ``cfg.epochs - 1``, the first
+    from ``position`` when resuming mid-epoch.
 
     Returns the last ``metrics.jsonl`` row plus ``"best"`` (the best validation top-1).
+
+    Raises:
+        Preempted: A stop was requested (SIGTERM / SIGUSR1) and a checkpoint written.
     """
     device = env.device
     precision = str(cfg.precision)
     out = Path(cfg.out)
     train_loader, val_loader = loaders
     last: dict[str, Any] = {}
+    best = ckpt.best
     for epoch in range(start_epoch, cfg.epochs):
         stats = _train_epoch(
             cfg=cfg,
@@ -774,6 +849,8 @@ def _epochs(
             scaler=scaler,
             criterion=criterion,
             reporter=reporter,
+            ckpt=ckpt,
+            resume=position if epoch == start_epoch else None,
             mixer=mixer,
             ema=ema,
         )
@@ -819,22 +896,8 @@ def _epochs(
         if env.is_main:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            state = {
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "schedule": schedule.state_dict(),
-                "epoch": epoch + 1,
-                "best_metric": best,
-                "config": cfg.to_dict(),
-                "classes": classes,
-                "rng": capture_rng(),
-            }
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            save_checkpoint(out / "last.pt", state)
-            if improved:
-                save_checkpoint(out / "best.pt", state)
+        ckpt.best = best
+        ckpt.save(epoch=epoch + 1, batch=0, loader=train_loader, improved=improved)
         reporter.scalars(
             (epoch + 1) * len(train_loader),
             {
@@ -850,8 +913,10 @@ def _epochs(
             },
         )
         reporter.flush()
-        distributed.barrier()
         last = row
+        # A signal during validation stops the run here, last.pt being this epoch's end.
+        if epoch + 1 < cfg.epochs and ckpt.stop.poll_now():
+            raise Preempted(ckpt.path, epoch, len(train_loader), ckpt.stop.signal_name)
     return {**last, "best": best} if last else {}
 
 

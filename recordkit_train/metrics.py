@@ -205,6 +205,20 @@ class LossMeter:
             return {"loss": math.nan, "samples": 0}
         return self._compute_from(self._sums.tolist())
 
+    def global_sums(self) -> list[float]:
+        """``[sum of loss x n, n]`` over all ranks, leaving this meter as it is.
+
+        A collective (call it on every rank) and one host sync: for checkpoints, not steps.
+        """
+        sums = self._ensure(_reduce_device(self.device)).clone()
+        return [float(v) for v in _all_reduce_sum(sums).tolist()]
+
+    def load_sums(self, sums: Sequence[float]) -> None:
+        """Start from :meth:`global_sums` of an earlier run (on one rank only, so that the
+        next all-reduce counts them once)."""
+        device = self.device or torch.device("cpu")
+        self._sums = torch.tensor([float(v) for v in sums], dtype=torch.float64, device=device)
+
     def _state(self, device: torch.device) -> torch.Tensor:
         return self._ensure(device)
 

@@ -307,6 +307,8 @@ def build_pipeline(
     prefetch: int = 2,
     initial_fill: int = 1024,
     max_image: tuple[int, int] | None = None,
+    checkpointing: bool = False,
+    checkpoint: bytes | None = None,
 ) -> Pipeline:
     """Build (but do not run) the DALI pipeline for one rank; see the module docstring.
 
@@ -329,6 +331,10 @@ def build_pipeline(
         initial_fill: Reader shuffle buffer size.
         max_image: ``(long, short)`` side of the largest stored image, for the training
             decoder's GPU buffers (:func:`decoder_kwargs`); None: DALI's ImageNet values.
+        checkpointing: Track the reader's and the random operators' state so that
+            ``Pipeline.checkpoint()`` can save it (DALI's pipeline checkpointing).
+        checkpoint: A ``Pipeline.checkpoint()`` of a pipeline built with the same arguments:
+            the new pipeline goes on exactly where that one was (implies ``checkpointing``).
 
     Returns:
         The pipeline, with outputs ``(images, labels)``; labels are int64 ``(B, L)`` padded with
@@ -376,6 +382,8 @@ def build_pipeline(
         device_id=device_id,
         seed=seed,
         prefetch_queue_depth=prefetch,
+        enable_checkpointing=checkpointing or checkpoint is not None,
+        checkpoint=checkpoint,
     )
     pipe.build()
     return pipe
@@ -476,6 +484,10 @@ class DaliLoader:
         part = len(partition(len(split), rank, world_size))
         self.initial_fill = initial_fill or default_initial_fill(part, batch_size)
         self.epoch = 0
+        self._start_batch = 0  # the batch the next pass starts at (set_epoch)
+        self._yielded = 0  # batches the current pass has yielded
+        self._restore: tuple[int, int, bytes] | None = None  # (epoch, batch, DALI checkpoint)
+        self._live: Pipeline | None = None  # the pipeline of the pass in progress
         # No randomness: one pipeline serves every pass (its reader restarts at the shard's
         # start after reader_batches(); see __iter__).
         self.reuse = not train and not shuffle
@@ -494,31 +506,77 @@ class DaliLoader:
         else:
             self.device_id = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch; its order and augmentation are a function of (seed, epoch, rank)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; its order and augmentation are a function of (seed, epoch, rank).
+
+        Args:
+            epoch: The epoch.
+            start_batch: Begin at this batch of the epoch. Without a pipeline state from
+                :meth:`state_dict` (see :meth:`load_state_dict`) the pipeline runs the skipped
+                batches and drops them: exact, but it decodes them.
+
+        Raises:
+            ValueError: ``start_batch`` is not in ``[0, len(self)]``.
+        """
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
         self.epoch = epoch
+        self._start_batch = start_batch
+        self._yielded = 0
+        self._restore = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the current pass is: ``{"epoch", "batch"}`` (batches of the epoch consumed,
+        skipped ones included) and, mid-epoch, ``"dali"``: the pipeline's own checkpoint
+        (DALI's ``Pipeline.checkpoint()``, reader position and random generators, as a uint8
+        tensor) taken after the last batch this loader yielded."""
+        state: dict[str, Any] = {"epoch": self.epoch, "batch": self._start_batch + self._yielded}
+        if self._live is not None:
+            cpt = self._live.checkpoint()
+            state["dali"] = torch.frombuffer(bytearray(cpt), dtype=torch.uint8)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a :meth:`state_dict` of a loader built with the same arguments: the next
+        pass starts at ``state["batch"]`` of ``state["epoch"]``. With its ``"dali"`` entry the
+        pipeline is rebuilt from that checkpoint, so DALI skips the consumed records in its
+        reader without reading or decoding them and the random operators go on where they
+        were: the rest of the epoch is exactly that of an uninterrupted run."""
+        self.set_epoch(int(state["epoch"]), int(state.get("batch", 0)))
+        cpt = state.get("dali")
+        if cpt is not None and self._start_batch > 0:
+            raw = bytes(torch.as_tensor(cpt, dtype=torch.uint8).numpy().tobytes())
+            self._restore = (self.epoch, self._start_batch, raw)
 
     def __len__(self) -> int:
         return batches_per_rank(
             len(self.split), self.rank, self.world_size, self.batch_size, self.drop_last
         )
 
-    def pipeline(self, epoch: int | None = None) -> Pipeline:
+    def pipeline(
+        self, epoch: int | None = None, *, depth: int | None = None, checkpoint: bytes | None = None
+    ) -> Pipeline:
         """A freshly built pipeline for ``epoch`` (default: the current epoch).
+
+        Pipelines with randomness track their state (DALI checkpointing, which its docs say
+        costs nothing measurable) so that :meth:`state_dict` can save it; ``checkpoint``
+        restores one. ``depth``: the prefetch queue depth (default :attr:`_depth`).
 
         With an auto-augment policy, defining the graph costs seconds (AutoGraph traces the
         policy's conditionals in Python: 11-23 s on a loaded 2-core box), so the first
         pipeline is serialized and later epochs deserialize it with their own seed (~0.4 s):
         the same operators, and the same batches as a fresh build with that seed (tested).
+        A restore from a checkpoint or another queue depth always defines the graph afresh.
         """
         epoch = self.epoch if epoch is None else epoch
         seed = epoch_seed(self.seed, epoch, 1 + self.rank)
+        plain = checkpoint is None and (depth is None or depth == self._depth)
         cached = self._serialized
-        if cached is not None:
+        if cached is not None and plain:
             graph, flags = cached
             return Pipeline.deserialize(serialized_pipeline=graph, seed=seed, **flags)
-        pipe = self._define(seed)
-        if self.train and self.augment.auto_augment is not None:
+        pipe = self._define(seed, depth=depth, checkpoint=checkpoint)
+        if plain and self.train and self.augment.auto_augment is not None:
             flags = {
                 "batch_size": self.batch_size,
                 "num_threads": self.num_threads,
@@ -527,11 +585,14 @@ class DaliLoader:
                 "exec_pipelined": pipe.exec_pipelined,
                 "exec_async": pipe.exec_async,
                 "exec_dynamic": pipe.exec_dynamic,
+                "enable_checkpointing": not self.reuse,
             }
             self._serialized = (pipe.serialize(), flags)
         return pipe
 
-    def _define(self, seed: int) -> Pipeline:
+    def _define(
+        self, seed: int, *, depth: int | None = None, checkpoint: bytes | None = None
+    ) -> Pipeline:
         """Define and build the pipeline with ``seed`` (:func:`build_pipeline`)."""
         return build_pipeline(
             [str(p) for p in self.split.files],
@@ -548,9 +609,11 @@ class DaliLoader:
             device_id=self.device_id,
             dtype=self.dtype,
             channels_last=self.channels_last,
-            prefetch=self._depth,
+            prefetch=self._depth if depth is None else depth,
             initial_fill=self.initial_fill,
             max_image=self.max_image,
+            checkpointing=not self.reuse,
+            checkpoint=checkpoint,
         )
 
     @property
@@ -558,9 +621,11 @@ class DaliLoader:
         """Queue depth: ``prefetch``, but no deeper than the epoch (so no batch past its end)."""
         return max(1, min(self.prefetch, len(self)))
 
-    def _start(self, epoch: int) -> Pipeline:
-        """Build ``epoch``'s pipeline and start its first ``_depth`` batches."""
-        pipe = self.pipeline(epoch)
+    def _start(
+        self, epoch: int, *, depth: int | None = None, checkpoint: bytes | None = None
+    ) -> Pipeline:
+        """Build ``epoch``'s pipeline and start its first ``depth`` batches."""
+        pipe = self.pipeline(epoch, depth=depth, checkpoint=checkpoint)
         pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
         return pipe
 
@@ -603,6 +668,7 @@ class DaliLoader:
                 )
         self._kept = None
         self._kept_lead = 0
+        self._live = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -614,7 +680,29 @@ class DaliLoader:
         self.close()
 
     def _acquire(self, epoch: int, n: int) -> tuple[Pipeline, int, int]:
-        """The pipeline for this pass: ``(pipeline, batches to discard first, scheduled)``."""
+        """The pipeline for this pass: ``(pipeline, batches to discard first, scheduled)``.
+
+        ``n``: the batches this pass yields (the epoch's, less ``start_batch``).
+        """
+        start = self._start_batch
+        if start:
+            self._take_ahead(-1)  # one built ahead begins at batch 0: not this pass's
+            self._kept = None
+            restore, self._restore = self._restore, None
+            if restore is not None and restore[:2] == (epoch, start):
+                depth = max(1, min(self.prefetch, n))
+                return self._start(epoch, depth=depth, checkpoint=restore[2]), 0, depth
+            log.info(
+                "DALI: no pipeline state for epoch %d at batch %d; running and dropping the "
+                "%d batches before it",
+                epoch,
+                start,
+                start,
+            )
+            pipe = self._start(epoch)
+            if self.reuse:
+                self._kept = pipe
+            return pipe, start, self._depth
         pipe = self._take_ahead(epoch)
         if pipe is not None:
             return pipe, 0, self._depth
@@ -631,15 +719,16 @@ class DaliLoader:
         return self._kept, lead, scheduled
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._yielded = 0
         n = len(self)
-        if n == 0:  # drop_last with fewer records than one batch
-            return
+        if n - self._start_batch <= 0:  # drop_last with fewer records than one batch, or
+            return  # a resume after the epoch's last batch
         epoch = self.epoch
-        pipe, lead, scheduled = self._acquire(epoch, n)
+        pipe, lead, scheduled = self._acquire(epoch, n - self._start_batch)
         kept = pipe is self._kept
         if kept:
             self._kept = None  # given back below only if this pass leaves it at a known place
-        total = lead + n
+        total = lead + n - self._start_batch
         # The reader pads the rank's last batch with copies of its last record
         # (pad_last_batch); they are trimmed here, as DALIGenericIterator's PARTIAL policy does.
         part = len(partition(len(self.split), self.rank, self.world_size))
@@ -660,7 +749,7 @@ class DaliLoader:
                         self._kept_lead = (
                             reader_batches(len(self.split), self.world_size, self.batch_size) - n
                         )
-                    pipe = None  # nothing of it is in flight: it goes without waiting
+                    pipe = self._live = None  # nothing in flight: it goes without waiting
                     if self.train:
                         # Epoch e + 1 starts building now, on the background thread, seeded
                         # exactly as a later build would be (so the epoch is the same whether
@@ -676,8 +765,11 @@ class DaliLoader:
                     labels = labels.to(torch.int64)
                 if not self.multi_label:
                     labels = labels[:, 0].contiguous()
+                self._live = pipe  # state_dict() checkpoints it until the next batch
+                self._yielded += 1
                 yield images, labels
         finally:
+            self._live = None
             del pipe
 
     def __repr__(self) -> str:

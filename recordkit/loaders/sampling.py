@@ -119,6 +119,9 @@ class RecordSampler:
 
     Use it as ``DataLoader(dataset, sampler=RecordSampler(len(dataset), ...))`` and call
     :meth:`set_epoch` before each epoch. The same ``seed`` and epoch give the same order.
+    ``set_epoch(epoch, start=k)`` resumes an epoch mid-way: iteration skips the first ``k``
+    indices of the epoch's order (and nothing else: the indices and per-sample seeds after them
+    are those of the whole epoch).
 
     Args:
         num_records: Records in the split.
@@ -149,11 +152,24 @@ class RecordSampler:
         self.drop_last = drop_last
         self.with_seeds = with_seeds
         self.epoch = 0
+        self.start = 0  # indices of this epoch's order already consumed (a mid-epoch resume)
         self._order: tuple[tuple[int, ...], np.ndarray] | None = None  # (plan, its indices)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose order the next iteration yields.
+
+        Args:
+            epoch: The epoch.
+            start: Skip this many indices of the epoch's order (those consumed before a
+                mid-epoch checkpoint); ``0 <= start <= len(self)``.
+
+        Raises:
+            ValueError: ``start`` is out of range.
+        """
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}], got {start}")
         self.epoch = epoch
+        self.start = start
 
     def settings(self) -> tuple[Any, ...]:
         """Everything but the epoch that decides what the sampler yields."""
@@ -192,11 +208,12 @@ class RecordSampler:
         # The epoch's order is fixed here (as an int64 array, 8 bytes per index); Python ints
         # and pairs are made a chunk at a time as the DataLoader asks, never for the whole
         # epoch at once (1.28 M pairs would be ~150 MB and 0.3 s before the first batch).
-        idx = self.indices()
+        idx = self.indices()[self.start :]
         base = epoch_seed(self.seed, self.epoch, 1 + self.rank) << 32 if self.with_seeds else None
         return _chunked(idx, base)
 
     def __len__(self) -> int:
+        """Indices in a whole epoch (``start`` does not change it)."""
         if self.drop_last:
             return self.num_records // self.world_size
         return len(partition(self.num_records, self.rank, self.world_size))

@@ -465,30 +465,65 @@ class TorchLoader:
         self._batches: Iterator[Any] | None = None  # the stream's DataLoader iterator
         self._stream_start = 0  # the epoch the stream began with
         self._taken = 0  # batches taken from the stream since then
+        self._start_batch = 0  # the batch the current epoch starts at (set_epoch)
+        self._yielded = 0  # batches the current pass has yielded
         if self._stream is not None:
             kwargs.update(batch_sampler=self._stream)
         else:
             kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+        # A private generator for the workers' base seed, which DataLoader otherwise draws
+        # from torch's global generator at every iter(): training code that resumes mid-epoch
+        # (and restores the global generator) would then see one draw more than the run it
+        # continues. Augmentation uses the sampler's per-sample seeds, not this one.
+        generator = torch.Generator()
+        generator.manual_seed(sampler.seed)
         self.loader = DataLoader(
             dataset,
             num_workers=num_workers,
+            generator=generator,
             collate_fn=_Collate(multi_label, encoded=gpu_decode),
             pin_memory=device.type == "cuda",
             **kwargs,
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch: the order (and augmentation) is a function of ``(seed, epoch)``."""
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch: the order (and augmentation) is a function of ``(seed, epoch)``.
+
+        Args:
+            epoch: The epoch.
+            start_batch: Begin at this batch of the epoch (a mid-epoch resume): the batches
+                before it are skipped without reading a record; the ones after are exactly
+                those of the whole epoch, augmentation included.
+
+        Raises:
+            ValueError: ``start_batch`` is not in ``[0, len(self)]``.
+        """
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.sampler.set_epoch(epoch, start=min(len(self.sampler), start_batch * self.batch_size))
+        self._start_batch = start_batch
+        self._yielded = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the current pass is: ``{"epoch", "batch"}``, ``batch`` the batches of the
+        epoch consumed so far (skipped ones included). ``set_epoch(epoch, batch)`` resumes."""
+        return {"epoch": self.sampler.epoch, "batch": self._start_batch + self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a :meth:`state_dict`: ``set_epoch(state["epoch"], state["batch"])``."""
+        self.set_epoch(int(state["epoch"]), int(state.get("batch", 0)))
 
     def __len__(self) -> int:
+        """Batches in a whole epoch (a mid-epoch start yields ``len - start_batch``)."""
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._stream is not None:
-            return self._iter_stream()
-        return self._iter_epoch()
+        self._yielded = 0
+        batches = self._iter_stream() if self._stream is not None else self._iter_epoch()
+        for batch in batches:
+            self._yielded += 1
+            yield batch
 
     def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._share_index(self.sampler)
@@ -517,15 +552,17 @@ class TorchLoader:
     def _iter_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch's batches from the endless stream. The stream goes on where the last
         epoch ended when this is the epoch after it, taken whole; any other epoch (the first,
-        a resume, one repeated or left early) starts the stream again at this epoch."""
+        a resume, one repeated or left early) starts the stream again at this epoch (and at
+        its ``start_batch``)."""
         assert self._stream is not None
-        epoch, per_epoch = self.sampler.epoch, len(self)
-        if per_epoch == 0:
+        epoch, per_epoch, start = self.sampler.epoch, len(self), self._start_batch
+        if per_epoch - start <= 0:
             return
+        # _taken counts the stream's batches from its first epoch's batch 0, skipped ones too.
         if (
             self._batches is None
             or not self._stream.follows(self.sampler)
-            or self._taken != (epoch - self._stream_start) * per_epoch
+            or self._taken != (epoch - self._stream_start) * per_epoch + start
         ):
             self._stream.restart(self.sampler)
             self._share_index(self._stream.sampler)
@@ -533,9 +570,9 @@ class TorchLoader:
             # prefetched) and starts the stream again; see _iter_epoch for the device
             with on_device(self.device):
                 self._batches = iter(self.loader)
-            self._stream_start, self._taken = epoch, 0
+            self._stream_start, self._taken = epoch, start
         batches = self._batches
-        for _ in range(per_epoch):
+        for _ in range(per_epoch - start):
             with on_device(self.device):
                 batch = self._next_batch(batches)
             if batch is None:  # pragma: no cover - the stream is endless

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,6 +83,17 @@ def state_files(out: Path, split: str) -> list[Path]:
     return sorted(
         p for p in out.glob(f".pack-state.{split}.*json") if p.name.startswith(".pack-state.")
     )
+
+
+def part_counts(out: Path, split: str) -> set[int]:
+    """The ``N`` of every ``--part K/N`` run that left a state file of ``split`` in ``out``."""
+    found = set()
+    pattern = re.compile(rf"\.pack-state\.{re.escape(split)}\.part-\d+-of-(\d+)\.json")
+    for path in state_files(out, split):
+        match = pattern.fullmatch(path.name)
+        if match:
+            found.add(int(match.group(1)))
+    return found
 
 
 def split_files(out: Path, split: str) -> list[Path]:
@@ -294,6 +306,29 @@ def packed_outside(
     return [o for o in outside if o["path"] not in gone]
 
 
+def _missing_parts(missing: list[tuple[int, str]], counts: set[int]) -> str:
+    """The merge error: which parts (when the state files tell ``N``) and shards are missing.
+
+    Args:
+        missing: ``(shard number, file name)`` of every unfinished shard, over all splits.
+        counts: The ``N`` of the ``--part K/N`` state files found.
+    """
+    files = [name for _, name in missing]
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    shards = f"{len(files)} shard(s) not finished: {shown}"
+    if len(counts) != 1:  # no part ran yet, or parts of different N: name the shards only
+        return f"cannot merge: {shards}"
+    (n,) = counts
+    parts = sorted({number % n for number, _ in missing})
+    named = ", ".join(f"{k}/{n}" for k in parts[:16])
+    if len(parts) > 16:
+        named += f" and {len(parts) - 16} more"
+    return (
+        f"cannot merge: part(s) {named} not finished ({shards}); run pack with --part K/N "
+        "(and --resume if it was interrupted) for each, then --merge again"
+    )
+
+
 def merge_parts(
     out: Path,
     plans: list[SplitPlan],
@@ -309,7 +344,8 @@ def merge_parts(
         PackError: A shard of some split is not finished.
     """
     finals = []
-    missing: list[str] = []
+    missing: list[tuple[int, str]] = []
+    counts: set[int] = set()
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
     existing = read_existing_manifest(out)
@@ -320,13 +356,11 @@ def merge_parts(
                 logger.info("split %s is already merged in %s", plan.name, out)
                 continue
         done = finished_shards(out, plan)
-        missing += [s.file for s in plan.shards if s.number not in done]
+        missing += [(s.number, s.file) for s in plan.shards if s.number not in done]
+        counts |= part_counts(out, plan.name)
         finals.append((plan, done, extras[plan.name]))
     if missing:
-        shown = ", ".join(missing[:8]) + (
-            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        )
-        raise PackError(f"cannot merge: {len(missing)} shard(s) not finished: {shown}")
+        raise PackError(_missing_parts(missing, counts))
     for plan, done, _ in finals:
         results[plan.name] = SplitResult(
             records=sum(d.entry.records for d in done.values()),
