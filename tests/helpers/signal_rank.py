@@ -1,4 +1,4 @@
-"""``python tests/helpers/signal_rank.py -- <recordkit-train args>``: a run that gets a signal.
+"""``python tests/helpers/signal_rank.py <recordkit-train args>``: a run that gets a signal.
 
 Used by tests/test_train_preempt.py. Each rank listed in ``SIGNAL_STEPS`` (``"rank:step,…"``,
 e.g. ``"0:5,1:6"``) sends itself ``SIGNAL`` (``SIGTERM`` by default, or ``SIGUSR1``) when its
@@ -15,7 +15,7 @@ import sys
 from recordkit_train import engine
 from recordkit_train.cli import main
 
-args = sys.argv[sys.argv.index("--") + 1 :]
+args = sys.argv[1:]
 rank = int(os.environ.get("RANK", "0"))
 steps = dict(item.split(":") for item in os.environ.get("SIGNAL_STEPS", "").split(",") if item)
 at = int(steps[str(rank)]) if str(rank) in steps else None
