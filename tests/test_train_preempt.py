@@ -27,8 +27,9 @@ from recordkit_train import engine
 from recordkit_train.checkpoint import load_checkpoint
 from recordkit_train.cli import main
 from recordkit_train.config import ConfigError, TrainConfig
+from recordkit_train.distributed import DistEnv
 from recordkit_train.engine import train
-from recordkit_train.preemption import PREEMPTED_EXIT_CODE, Preempted
+from recordkit_train.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest, trim_trace
 from tests.tinyrun import colour_shards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,3 +281,35 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_a_checkpoint(data: Path, tmp_
     state = load_checkpoint(run / "last.pt")
     trace = _trace(run)
     assert state["epoch"] * 3 + state["batch"] == len(trace) >= 3
+
+
+# --- units ----------------------------------------------------------------------------------
+
+
+def test_first_sigterm_asks_to_stop_the_second_does_what_sigterm_did_before() -> None:
+    env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    seen: list[int] = []
+
+    def before(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        with StopRequest(env) as stop:
+            assert not stop.poll()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.poll() and stop.signal_name == "SIGUSR1" and seen == []
+            os.kill(os.getpid(), signal.SIGTERM)  # the second SIGTERM
+            assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_trace_trim_keeps_the_steps_before_the_resume_point(tmp_path: Path) -> None:
+    path = tmp_path / "steps.jsonl"
+    rows = [{"step": s, "epoch": 0, "iter": s, "loss": 1.0 / s, "lr": 0.1} for s in (1, 2, 3, 4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "lo')
+    trim_trace(path, 3)
+    assert _trace(tmp_path) == rows[:2]
