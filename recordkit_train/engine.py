@@ -209,7 +209,7 @@ def _train_epoch(
             epoch_loss.load_sums(resume["epoch_loss"])
     else:
         loader.set_epoch(epoch)
-    lr = schedule.lr_at(epoch, start_batch)
+    lr = schedule.lr_at(epoch, max(0, start_batch - 1))  # the last step's, when resuming
     start = window_start = time.perf_counter()
     window_n = total_n = 0
     iters = len(loader)
@@ -229,8 +229,8 @@ def _train_epoch(
             total_n += n
             bar.update(1)
             if (i + 1) % cfg.print_freq == 0:
-                stats, acc = read_meters(window_loss, window_acc)  # the one sync per window
-                ckpt.trace.flush()
+                # the one sync per window (the step trace's losses travel with the meters)
+                stats, acc, _ = read_meters(window_loss, window_acc, ckpt.trace)
                 elapsed = time.perf_counter() - window_start
                 rate = window_n * env.world_size / elapsed if elapsed > 0 else 0.0
                 logger.info(
@@ -264,8 +264,7 @@ def _train_epoch(
                 ckpt.save(epoch=epoch, batch=i + 1, loader=loader, epoch_loss=epoch_loss)
                 if stop:
                     raise Preempted(ckpt.path, epoch, i + 1, ckpt.stop.signal_name)
-    (epoch_stats,) = read_meters(epoch_loss)
-    ckpt.trace.flush()
+    epoch_stats, _ = read_meters(epoch_loss, ckpt.trace)
     _sync(device)
     elapsed = time.perf_counter() - start
     return {
