@@ -355,7 +355,12 @@ def _resume(
     missing = {"model", "optimizer", "schedule", "epoch"} - set(state)
     if missing:
         raise ConfigError(f"{path} cannot be resumed from: no {', '.join(sorted(missing))}")
-    batch = int(state.get("batch") or 0)
+    try:
+        batch = int(state.get("batch") or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path} has an unreadable position: batch {state['batch']!r}") from None
+    if batch < 0:
+        raise ConfigError(f"{path} has an unreadable position: batch {batch}")
     if batch:
         saved = (state.get("world_size"), state.get("batch_size"), state.get("iters_per_epoch"))
         if saved != (env.world_size, cfg.batch_size, iters):
@@ -380,8 +385,10 @@ def _resume(
             state["schedule"],
         )
     schedule.load_state_dict(state["schedule"])
-    ranks = state.get("ranks") or []
-    mine = ranks[env.rank] if len(ranks) == env.world_size else {}
+    ranks = state.get("ranks")
+    mine: dict[str, Any] = {}
+    if isinstance(ranks, list) and len(ranks) == env.world_size:
+        mine = ranks[env.rank] if isinstance(ranks[env.rank], dict) else {}
     rng = mine.get("rng") or state.get("rng")
     if rng:
         restore_rng(rng)
