@@ -222,7 +222,10 @@ def guard_rank() -> Iterator[None]:
       has the cause in its log``;
     - ``SIGTERM`` — what torchrun sends the surviving ranks once one has failed — becomes
       :class:`RankFailure` too, so the rank unwinds (closing loaders and files) instead of
-      dying mid-write;
+      dying mid-write. While training steps run, :class:`recordkit_train.preemption.StopRequest`
+      takes the first SIGTERM as a stop request instead (a preemption notice looks the same);
+      the next collective tells the two apart (it fails when a peer is gone: the same
+      ``RankFailure``), and a second SIGTERM comes back here;
     - any other exception is this rank's own failure: it is logged as
       ``rank 1 of 2 failed: <type>: <message>`` and re-raised with its traceback (wrapped
       by torchrun's ``record`` where available, so the launcher's summary shows it as the

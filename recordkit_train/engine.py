@@ -245,7 +245,7 @@ def _train_epoch(
             epoch_loss.load_sums(resume["epoch_loss"])
     else:
         loader.set_epoch(epoch)
-    lr = schedule.lr_at(epoch, start_batch)
+    lr = schedule.lr_at(epoch, max(0, start_batch - 1))  # the last step's, when resuming
     start = window_start = time.perf_counter()
     window_n = total_n = 0
     iters = len(loader)
@@ -266,8 +266,8 @@ def _train_epoch(
             total_n += n
             bar.update(1)
             if (i + 1) % cfg.print_freq == 0:
-                stats, acc = read_meters(window_loss, window_acc)  # the one sync per window
-                ckpt.trace.flush()
+                # the one sync per window (the step trace's losses travel with the meters)
+                stats, acc, _ = read_meters(window_loss, window_acc, ckpt.trace)
                 elapsed = time.perf_counter() - window_start
                 rate = window_n * env.world_size / elapsed if elapsed > 0 else 0.0
                 logger.info(
@@ -301,8 +301,7 @@ def _train_epoch(
                 ckpt.save(epoch=epoch, batch=i + 1, loader=loader, epoch_loss=epoch_loss)
                 if stop:
                     raise Preempted(ckpt.path, epoch, i + 1, ckpt.stop.signal_name)
-    (epoch_stats,) = read_meters(epoch_loss)
-    ckpt.trace.flush()
+    epoch_stats, _ = read_meters(epoch_loss, ckpt.trace)
     _sync(device)
     elapsed = time.perf_counter() - start
     return {
@@ -410,7 +409,12 @@ def _resume(
     missing = {"model", "optimizer", "schedule", "epoch"} - set(state)
     if missing:
         raise ConfigError(f"{path} cannot be resumed from: no {', '.join(sorted(missing))}")
-    batch = int(state.get("batch") or 0)
+    try:
+        batch = int(state.get("batch") or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path} has an unreadable position: batch {state['batch']!r}") from None
+    if batch < 0:
+        raise ConfigError(f"{path} has an unreadable position: batch {batch}")
     if batch:
         saved = (state.get("world_size"), state.get("batch_size"), state.get("iters_per_epoch"))
         if saved != (env.world_size, cfg.batch_size, iters):
@@ -441,8 +445,10 @@ def _resume(
             state["schedule"],
         )
     schedule.load_state_dict(state["schedule"])
-    ranks = state.get("ranks") or []
-    mine = ranks[env.rank] if len(ranks) == env.world_size else {}
+    ranks = state.get("ranks")
+    mine: dict[str, Any] = {}
+    if isinstance(ranks, list) and len(ranks) == env.world_size:
+        mine = ranks[env.rank] if isinstance(ranks[env.rank], dict) else {}
     rng = mine.get("rng") or state.get("rng")
     if rng:
         restore_rng(rng)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -231,9 +232,7 @@ class LossMeter:
         return {"loss": total / count if count else math.nan, "samples": int(count)}
 
 
-def read_meters(
-    *meters: AccuracyMeter | LossMeter, reduce: bool = True
-) -> list[dict[str, float | int]]:
+def read_meters(*meters: Any, reduce: bool = True) -> list[dict[str, float | int]]:
     """Sum several meters over all ranks with one collective and read them with one host sync.
 
     What a training loop does at a print boundary: instead of one ``all_reduce`` and one
@@ -241,7 +240,10 @@ def read_meters(
     tensor (exact for counts below 2**53).
 
     Args:
-        meters: The meters, each updated at least once or empty.
+        meters: The meters (:class:`AccuracyMeter`, :class:`LossMeter`, or anything with
+            their ``device`` / ``_state`` / ``_load`` / ``_compute_from``, such as
+            :class:`recordkit_train.preemption.StepTrace`), each updated at least once or
+            empty.
         reduce: Sum over ranks first (every rank must call this); False reads local sums.
 
     Returns:

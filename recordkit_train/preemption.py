@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# Checkpoint lines are progress, printed like the engine's own (plain, on rank 0).
+progress = logging.getLogger("recordkit_train.engine")
 
 #: Exit code of every rank after a preemption checkpoint: ``EX_TEMPFAIL`` from sysexits.h
 #: (temporary failure, retry later), distinct from 0 (finished) and 1 (an error).
@@ -106,19 +108,29 @@ class StopRequest:
         env: The process's place in the job (world size, device).
         poll_every: Steps between reductions on CUDA with several ranks (default
             :data:`CUDA_POLL_EVERY`); other setups check every step.
+        pipelined: Use the pipelined reduction (default: on CUDA); only with several ranks.
     """
 
-    def __init__(self, env: distributed.DistEnv, poll_every: int = CUDA_POLL_EVERY) -> None:
+    def __init__(
+        self,
+        env: distributed.DistEnv,
+        poll_every: int = CUDA_POLL_EVERY,
+        *,
+        pipelined: bool | None = None,
+    ) -> None:
         self.env = env
         self.requested = False
         self.signal_name = ""
         self._sigterm = False
         self._previous: dict[int, Any] = {}
-        self._pipelined = env.world_size > 1 and env.device.type == "cuda"
+        if pipelined is None:
+            pipelined = env.device.type == "cuda"
+        self._pipelined = pipelined and env.world_size > 1
         self._every = max(1, poll_every) if self._pipelined else 1
         self._calls = 0
-        self._pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+        self._pending: tuple[torch.Tensor, Any] | None = None  # (host copy, CUDA event)
         self._flag: torch.Tensor | None = None
+        self._host: torch.Tensor | None = None
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -173,10 +185,7 @@ class StopRequest:
             return False
         stop = False
         if self._pending is not None:
-            host, event = self._pending
-            event.synchronize()  # recorded _every steps ago: waits for that point only
-            stop = bool(host.item())
-            self._pending = None
+            stop = self._read_pending()
         if stop:
             self._agreed()
             return True
@@ -187,13 +196,10 @@ class StopRequest:
         """Like :meth:`poll`, but reduces the flag now and waits for it (a host sync)."""
         if self.env.world_size == 1:
             return self.requested
-        if self._pending is not None:
-            host, event = self._pending
-            event.synchronize()
-            self._pending = None
-            if host.item():  # the same on every rank: all return here together
-                self._agreed()
-                return True
+        # A pending result is the same on every rank: all return here together, or none.
+        if self._pending is not None and self._read_pending():
+            self._agreed()
+            return True
         return self._reduce_now()
 
     def _collective(self, tensor: torch.Tensor) -> None:
@@ -217,15 +223,29 @@ class StopRequest:
         return False
 
     def _launch(self) -> None:
+        """All-reduce the flag without waiting for it: on CUDA, into pinned host memory with
+        an event to wait for later (on the CPU, used by the tests, a plain copy)."""
+        cuda = self.env.device.type == "cuda"
         if self._flag is None:
             self._flag = torch.zeros(1, dtype=torch.int32, device=self.env.device)
+            # one pinned buffer: a launch is read before the next one writes it
+            self._host = torch.zeros(1, dtype=torch.int32, pin_memory=cuda)
+        assert self._host is not None
         self._flag.fill_(1 if self.requested else 0)
         self._collective(self._flag)
-        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
-        host.copy_(self._flag, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self._pending = (host, event)
+        self._host.copy_(self._flag, non_blocking=cuda)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = (self._host, event)
+
+    def _read_pending(self) -> bool:
+        host, event = self._pending  # type: ignore[misc]
+        self._pending = None
+        if event is not None:
+            event.synchronize()  # recorded _every steps ago: waits for that point only
+        return bool(host.item())  # a host tensor: no device sync
 
     def _device(self) -> torch.device:
         return self.env.device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -240,10 +260,11 @@ class StepTrace:
     """The loss of every training step, in ``steps.jsonl``: one JSON object per line.
 
     ``{"step": global step (1-based), "epoch": e, "iter": step in the epoch (1-based),
-    "loss": mean of the ranks' losses, "lr": lr}``. Losses stay on the device until
-    :meth:`flush`, which the engine calls at its print boundaries (where it syncs anyway), at
-    the end of an epoch and before a checkpoint; it all-reduces them (one collective) and rank
-    0 appends the lines. A resumed run first trims the file to the steps before its start
+    "loss": mean of the ranks' losses, "lr": lr}``. Losses stay on the device until they are
+    read together with the engine's meters (it passes the trace to
+    :func:`~recordkit_train.metrics.read_meters` at its print boundaries and epoch ends: the
+    same collective, the same single host sync) or by :meth:`flush` before a checkpoint; rank
+    0 then appends the lines. A resumed run first trims the file to the steps before its start
     (:func:`trim_trace`), so the file of a run stopped and resumed any number of times equals
     that of an uninterrupted one.
 
@@ -255,28 +276,43 @@ class StepTrace:
     def __init__(self, path: Path, env: distributed.DistEnv) -> None:
         self.path = path
         self.env = env
+        self.device: torch.device | None = None
         self._losses: list[torch.Tensor] = []
         self._rows: list[tuple[int, int, int, float]] = []
 
     def add(self, step: int, epoch: int, it: int, loss: torch.Tensor, lr: float) -> None:
         """Record a step (no host sync: ``loss`` stays where it is)."""
+        self.device = self.device or loss.device
         self._losses.append(loss.detach().reshape(()))
         self._rows.append((step, epoch, it, lr))
 
     def flush(self) -> None:
-        """Reduce the recorded losses over the ranks and (rank 0) append them; on every rank."""
-        if not self._rows:
-            return
-        losses = torch.stack(self._losses).to(torch.float64)
-        distributed.all_reduce_sum(losses)
-        values = (losses / self.env.world_size).tolist()
-        if self.env.is_main:
+        """Reduce the pending losses over the ranks and write them; on every rank."""
+        if self._rows:
+            from recordkit_train.metrics import read_meters
+
+            read_meters(self)
+
+    # The read_meters protocol: what to sum over the ranks, and what to do with the sums.
+    def _state(self, device: torch.device) -> torch.Tensor:
+        if not self._losses:
+            return torch.zeros(0, dtype=torch.float64, device=device)
+        return torch.stack(self._losses).to(device, torch.float64)
+
+    def _load(self, packed: torch.Tensor) -> None:
+        pass
+
+    def _compute_from(self, values: list[float]) -> dict[str, int]:
+        if self.env.is_main and self._rows:
             with open(self.path, "a", encoding="utf-8") as f:
-                for (step, epoch, it, lr), loss in zip(self._rows, values, strict=True):
+                for (step, epoch, it, lr), total in zip(self._rows, values, strict=True):
+                    loss = total / self.env.world_size
                     row = {"step": step, "epoch": epoch, "iter": it, "loss": loss, "lr": lr}
                     f.write(json.dumps(row) + "\n")
+        written = len(self._rows)
         self._losses.clear()
         self._rows.clear()
+        return {"steps": written}
 
 
 def trim_trace(path: Path, first_step: int) -> None:
@@ -385,5 +421,5 @@ class Checkpointer:
             if improved:
                 save_checkpoint(self.out / "best.pt", state)
             if batch:
-                logger.info("checkpoint: epoch %d, batch %d -> %s", epoch, batch, self.path)
+                progress.info("checkpoint: epoch %d, batch %d, %s", epoch, batch, self.path)
         distributed.barrier()

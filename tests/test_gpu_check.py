@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CUDA_STEPS = ("resume", "sync_debug", "throughput", "nccl")
+CUDA_STEPS = ("resume", "preempt", "sync_debug", "throughput", "nccl")
 
 
 @pytest.mark.slow
@@ -26,8 +26,8 @@ def test_dry_run_reports_every_step(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = report["steps"]
     assert list(steps) == [
-        "environment", "pytest_gpu", "data", "resume", "sync_debug", "throughput", "decode",
-        "nccl",
+        "environment", "pytest_gpu", "data", "resume", "preempt", "sync_debug", "throughput",
+        "decode", "nccl",
     ]  # fmt: skip
     assert report["dry_run"] is True
     env = steps["environment"]["result"]

@@ -113,3 +113,23 @@ def test_resume_after_the_last_batch_yields_nothing(shards: Path) -> None:
     assert list(loader) == []
     with pytest.raises(ValueError, match="start_batch"):
         loader.set_epoch(0, len(loader) + 1)
+
+
+def test_torch_workers_survive_a_signal_to_the_process_group(shards: Path) -> None:
+    """Schedulers signal every process of a job; the workers leave the decision to the
+    training process (torch's own workers would die of a SIGTERM not sent by their parent)."""
+    import multiprocessing
+    import os
+    import signal
+
+    loader = _loader(shards, "torch", num_workers=1)
+    loader.set_epoch(0)
+    it = iter(loader)
+    first = next(it)
+    workers = multiprocessing.active_children()
+    assert workers
+    for child in workers:
+        os.kill(child.pid, signal.SIGTERM)
+        os.kill(child.pid, signal.SIGUSR1)
+    rest = list(it)
+    assert len(rest) == len(loader) - 1 and first[0].shape[0] == 4

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from recordkit import Record
-from recordkit_train import engine
+from recordkit_train import preemption
 from recordkit_train.checkpoint import load_checkpoint
 from recordkit_train.cli import main
 from recordkit_train.config import ConfigError, TrainConfig
@@ -157,7 +157,7 @@ def test_resume_matches_straight_run(
     run_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "resumed"
-    real_save = engine.save_checkpoint
+    real_save = preemption.save_checkpoint  # the Checkpointer writes last.pt / best.pt
 
     def save_then_crash(path: Path, state: dict) -> Path:
         written = real_save(path, state)
@@ -167,7 +167,7 @@ def test_resume_matches_straight_run(
 
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"epoch": 7}\n')  # a stale run: a fresh one drops it
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(preemption, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         train(_config(data, out), device="cpu")
     monkeypatch.undo()

@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -42,7 +42,11 @@ class Loader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def dali_available() -> bool:
@@ -213,7 +217,9 @@ def make_loader(
 
     Returns:
         A :class:`Loader`: iterate for ``(images, labels)``; ``len()`` is this rank's batches
-        per epoch; ``set_epoch(e)`` selects the epoch's order.
+        per epoch; ``set_epoch(e)`` selects the epoch's order; ``state_dict()`` /
+        ``load_state_dict()`` save and restore the position within an epoch (a mid-epoch
+        resume goes on at the next sample of the same order, augmentation included).
 
     Raises:
         ValueError: Bad argument values (unknown backend, batch_size < 1, …).

@@ -27,6 +27,7 @@ import gc
 import logging
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -387,6 +388,22 @@ def _freeze_gc_once() -> None:
         gc.freeze()
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGUSR1.
+
+    Schedulers and torchrun signal a job's whole process group (``killpg``), workers included,
+    and torch's workers die of a SIGTERM that their parent did not send; the training process
+    would then fail on its next batch ("DataLoader worker ... is killed by signal") instead of
+    finishing its step and writing a checkpoint (recordkit-train's preemption handling). The
+    decision belongs to the training process: a worker still ends when the loader shuts it
+    down, or within seconds of its parent's exit (torch's worker watchdog).
+    """
+    for name in ("SIGTERM", "SIGUSR1"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _workers_fork() -> bool:
     """Whether DataLoader workers (default context) start by ``fork``; the platform default
     comes first in ``get_all_start_methods``, and nothing here fixes the start method."""
@@ -481,6 +498,7 @@ class TorchLoader:
             dataset,
             num_workers=num_workers,
             generator=generator,
+            worker_init_fn=_ignore_stop_signals if num_workers else None,
             collate_fn=_Collate(multi_label, encoded=gpu_decode),
             pin_memory=device.type == "cuda",
             **kwargs,
