@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from recordkit_train import engine
+from recordkit_train import engine, preemption
 from recordkit_train.checkpoint import load_checkpoint
 from recordkit_train.cli import main
 from recordkit_train.config import ConfigError, TrainConfig
@@ -276,7 +276,7 @@ class _Crash(Exception):
 def test_resume_restores_the_ema_and_the_mixing(
     ema_run: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_save = engine.save_checkpoint
+    real_save = preemption.save_checkpoint  # the Checkpointer writes last.pt / best.pt
 
     def save_then_crash(path: Path, state: dict) -> Path:
         written = real_save(path, state)
@@ -284,7 +284,7 @@ def test_resume_restores_the_ema_and_the_mixing(
             raise _Crash
         return written
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(preemption, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         train(_config(data, tmp_path), device="cpu")
     monkeypatch.undo()
