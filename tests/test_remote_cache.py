@@ -295,7 +295,8 @@ def test_remote_options_validate():
         RemoteOptions(read="sometimes")
 
 
-def _sleep(seconds: float) -> None:
+def _sleep(started, seconds: float) -> None:
+    started.set()  # the at-fork handler has run by now
     time.sleep(seconds)
 
 
@@ -308,9 +309,12 @@ def test_a_forked_child_does_not_keep_the_parents_pins(served, tmp_path):
     cache = ShardCache.create(tmp_path / "cache", 10**9)
     split = cached_split(recordkit.open(url)["train"], cache)
     pin = split.readers[0].ensure(pin=True)
-    child = mp.get_context("fork").Process(target=_sleep, args=(5.0,))
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=_sleep, args=(started, 5.0))
     child.start()
     try:
+        assert started.wait(30)
         assert not cache._evict(split.readers[0].path)  # pinned by us
         pin.release()
         assert cache._evict(split.readers[0].path)  # the child holds nothing
