@@ -293,3 +293,32 @@ def test_s3_dataset_streams_through_the_cache(moto_s3, tmp_path):
 def test_remote_options_validate():
     with pytest.raises(ValueError, match="read must be one of"):
         RemoteOptions(read="sometimes")
+
+
+def _sleep(started, seconds: float) -> None:
+    started.set()  # the at-fork handler has run by now
+    time.sleep(seconds)
+
+
+def test_a_forked_child_does_not_keep_the_parents_pins(served, tmp_path):
+    """DataLoader workers are forked while the feeder holds pins: the pins must stay the
+    parent's, or the cache could never evict those shards (a deadlock at the limit)."""
+    import multiprocessing as mp
+
+    _, url = served
+    cache = ShardCache.create(tmp_path / "cache", 10**9)
+    split = cached_split(recordkit.open(url)["train"], cache)
+    pin = split.readers[0].ensure(pin=True)
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=_sleep, args=(started, 5.0))
+    child.start()
+    try:
+        assert started.wait(30)
+        assert not cache._evict(split.readers[0].path)  # pinned by us
+        pin.release()
+        assert cache._evict(split.readers[0].path)  # the child holds nothing
+        assert not split.readers[0].path.exists()
+    finally:
+        child.terminate()
+        child.join()

@@ -15,7 +15,8 @@ generated config, byte ranges on), and measures:
                                        ``make_loader(backend="torch")`` training batches (224 px,
                                        random resized crop, flip, normalize), ``--workers``
                                        processes, images/s over whole epochs after a warm-up
-                                       epoch; the cache run has a limit of half the dataset, so
+                                       epoch; the cache run has a limit of half the dataset (at
+                                       least 3 shards), so
                                        each epoch downloads its shards again
 
 Prints one JSON object. Localhost has no network latency or bandwidth limit: the figures
@@ -149,7 +150,9 @@ def main() -> None:
             rows.setdefault("stream_local", []).append(stream_local(local_split))
             rows.setdefault("cache_fill_http", []).append(cache_fill(url, work / "cache"))
         if not a.skip_loaders:
-            half = local_split.nbytes // 2
+            largest = max(e.bytes for e in local_split.entries)
+            half = max(local_split.nbytes // 2, 3 * largest + 1)  # streaming needs 3 shards
+            out["cache_limit"] = half
             for _ in range(max(1, a.repeats - 1)):
                 rows.setdefault("loader_local", []).append(loader_rate(shards, a))
                 rows.setdefault("loader_http_direct", []).append(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from recordkit.loaders.sampling import RecordSampler as RecordSampler
     from recordkit.loaders.sampling import rank_indices as rank_indices
     from recordkit.loaders.sampling import resolve_rank_world as resolve_rank_world
+    from recordkit.loaders.streaming import RemoteOptions as RemoteOptions
     from recordkit.loaders.torch_loader import RecordDataset as RecordDataset
     from recordkit.loaders.torch_loader import TorchLoader as TorchLoader
 
@@ -38,6 +39,7 @@ _LAZY = {
     "RecordSampler": "sampling",
     "rank_indices": "sampling",
     "resolve_rank_world": "sampling",
+    "RemoteOptions": "streaming",
     "RecordDataset": "torch_loader",
     "TorchLoader": "torch_loader",
     "contact_sheet": "preview",

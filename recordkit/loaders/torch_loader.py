@@ -546,13 +546,13 @@ class TorchLoader:
     def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._share_index(self.sampler)
         feeder = self.feeder
-        if feeder is not None:
-            feeder.start(self.sampler.indices())
         try:
             # The iterator starts the pin-memory thread (once, with persistent workers: later
             # epochs reuse it), which pins for the device current now: make it ours.
             with on_device(self.device):
                 batches = iter(self.loader)
+            if feeder is not None:  # after the workers are forked: no thread forked mid-lock
+                feeder.start(self.sampler.indices())
             taken = 0
             while True:
                 with on_device(self.device):  # not around the yield: the caller's code is its own

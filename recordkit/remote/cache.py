@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,14 +87,45 @@ def dataset_key(url: str) -> str:
     return f"{tail}-{hashlib.sha256(base.encode()).hexdigest()[:16]}"
 
 
+# Lock descriptors open in this process. A forked child (a DataLoader worker) inherits them,
+# and with them the locks, which would then outlive the parent's release: the child closes
+# its copies at once (the parent's locks stay held by the parent's descriptors).
+_LOCK_FDS: set[int] = set()
+_PINS: weakref.WeakSet[Pin] = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+    for pin in list(_PINS):
+        pin._fd = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _open_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _LOCK_FDS.add(fd)
+    return fd
+
+
+def _close_lock(fd: int) -> None:
+    _LOCK_FDS.discard(fd)
+    os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, mode)
         yield fd
     finally:
-        os.close(fd)  # releases the lock
+        _close_lock(fd)
 
 
 class Pin:
@@ -107,14 +139,15 @@ class Pin:
     def __init__(self, path: Path, size: int, lock_path: Path) -> None:
         self.path = path
         self.size = size
-        self._fd: int | None = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = _open_lock(lock_path)
+        _PINS.add(self)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
         """Let the shard be evicted again (idempotent)."""
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            _close_lock(fd)
 
     def __enter__(self) -> Pin:
         return self
@@ -280,7 +313,7 @@ class ShardCache:
 
     def _evict(self, path: Path) -> bool:
         """Remove a finished shard unless some process pins it."""
-        fd = os.open(self._lock(path, "pin"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(self._lock(path, "pin"))
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -291,7 +324,7 @@ class ShardCache:
             log.debug("cache: evicted %s", path)
             return True
         finally:
-            os.close(fd)
+            _close_lock(fd)
 
     # -- download ----------------------------------------------------------------------------
     def _download(
