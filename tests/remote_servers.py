@@ -23,6 +23,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -46,11 +47,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _log_file():
+    """Where a server's output goes: a temporary file, never a pipe (nobody reads a pipe while
+    the tests run, and moto logs a line per request: a full pipe stalls the server)."""
+    return tempfile.TemporaryFile()
+
+
 def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            log = getattr(proc, "log_file", None)
+            out = ""
+            if log is not None:
+                log.seek(0)
+                out = log.read().decode(errors="replace")
             raise RuntimeError(f"{what} exited with {proc.returncode}: {out[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -151,9 +162,10 @@ class NginxServer:
                 "-g",
                 "daemon off;",
             ],
-            stdout=subprocess.PIPE,
+            stdout=(log := _log_file()),
             stderr=subprocess.STDOUT,
         )
+        self.proc.log_file = log  # type: ignore[attr-defined]
         _wait_port(self.port, self.proc, "nginx")
         return self
 
@@ -232,9 +244,10 @@ class MotoServer:
     def start(self) -> MotoServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.PIPE,
+            stdout=(log := _log_file()),
             stderr=subprocess.STDOUT,
         )
+        self.proc.log_file = log  # type: ignore[attr-defined]
         _wait_port(self.port, self.proc, "moto_server", timeout=60)
         return self
 

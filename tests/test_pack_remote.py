@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error
+from remote_servers import MotoServer
 from test_pack import make_dataset, opts, run_cli, shard_bytes
-from upload_proxy import Fault, Proxy, QuietMotoServer, make_bucket, s3_env, s3fs_for
+from upload_proxy import Fault, Proxy, make_bucket, s3_env, s3fs_for
 
 import recordkit
 from recordkit.format.manifest import MANIFEST_NAME
@@ -32,9 +33,9 @@ SHARD = re.compile(r"/((train|val)-\d{5}-of-\d{5})\.tfrecord$")
 
 @pytest.fixture(scope="module")
 def moto():
-    """A moto server of this module's own (its log not piped: see :class:`QuietMotoServer`)."""
+    """A moto server of this module's own."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    with QuietMotoServer() as server:
+    with MotoServer() as server:
         yield server.endpoint
 
 
@@ -237,7 +238,7 @@ def test_access_denied_is_one_line_403(bucket, env, proxy, data):
 def test_unknown_access_key_is_one_line_403(data, tmp_path, monkeypatch):
     """A server that checks credentials (moto with authentication on) refuses ours."""
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # read by the server at start
-    with QuietMotoServer() as server:
+    with MotoServer() as server:
         for k, v in {**s3_env(server.endpoint), "RECORDKIT_STAGING": str(tmp_path)}.items():
             monkeypatch.setenv(k, v)
         res = run_cli(*pack_args(data, "bucket"))

@@ -117,3 +117,31 @@ def test_s3_open_random_access_and_iteration(moto_s3, tmp_path):
 def test_s3_missing_dataset(moto_s3):
     with pytest.raises(ManifestError, match=r"s3://recordkit-test/none/recordkit.json: not found"):
         recordkit.open("s3://recordkit-test/none/")
+
+
+def test_s3_without_credentials_is_one_line(moto_s3, tmp_path):
+    from remote_servers import upload_dir
+
+    _dataset(tmp_path / "ds")
+    upload_dir(tmp_path / "ds", "s3://recordkit-test/ds")
+    env = {k: v for k, v in moto_s3.env().items() if not k.startswith("AWS_SECRET")}
+    env.pop("AWS_ACCESS_KEY_ID", None)
+    env.update(
+        PATH="/usr/bin:/bin",
+        HOME=str(tmp_path),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "recordkit", "verify", "s3://recordkit-test/ds/"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "s3://recordkit-test/ds/" in lines[0] and "no credentials" in lines[0]
+    assert "Traceback" not in res.stderr

@@ -11,14 +11,10 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from remote_servers import MotoServer, _wait_port
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -34,21 +30,6 @@ def s3_env(endpoint: str) -> dict[str, str]:
         "AWS_MAX_ATTEMPTS": "1",
         "AWS_RETRY_MODE": "standard",
     }
-
-
-class QuietMotoServer(MotoServer):
-    """:class:`remote_servers.MotoServer` with its request log sent to /dev/null: moto logs a
-    line per request, and a pipe nobody reads fills after a few hundred requests and stalls
-    the server (an upload test makes that many)."""
-
-    def start(self) -> QuietMotoServer:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_port(self.port, self.proc, "moto_server", timeout=60)
-        return self
 
 
 @dataclass

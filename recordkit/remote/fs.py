@@ -166,6 +166,10 @@ def with_retries(
                 ) from None
             detail = " ".join(str(exc).split())[:160] or type(exc).__name__
             if kind == "fatal":
+                if "Credentials" in type(exc).__name__:  # botocore's NoCredentialsError & co.
+                    raise RemoteError(
+                        url, f"no credentials ({detail}); configure them for this storage"
+                    ) from None
                 if status is None and not isinstance(exc, OSError):
                     raise
                 raise RemoteError(url, f"{what} failed: {detail}", status) from None
