@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +68,135 @@ def _steps(value: str) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
+
+
+def _pair(value: str | tuple[float, float] | None) -> tuple[float, float] | None:
+    """``"0.35,1"`` or ``"3/4,4/3"`` -> a float pair (a click callback's conversion)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    try:
+        parts = tuple(float(Fraction(v.strip())) for v in value.split(","))
+    except (ValueError, ZeroDivisionError):
+        parts = ()
+    if len(parts) != 2:
+        raise click.BadParameter(f"expected two comma-separated numbers MIN,MAX, got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def augment_options(fn: F) -> F:
+    """The augmentation, mixing and EMA options of ``run`` (docs/TRAINING.md)."""
+    options = [
+        click.option(
+            "--aug",
+            type=click.Choice(["rrc", "pad-crop", "none"]),
+            default="rrc",
+            show_default=True,
+            help="Training crop: random-resized-crop (ImageNet); pad-crop: zero-pad by --pad "
+            "and take a random crop (CIFAR); none: the validation transform, no flip.",
+        ),
+        click.option(
+            "--rrc-scale",
+            default="0.08,1",
+            show_default=True,
+            callback=lambda _c, _p, v: _pair(v),
+            help="rrc: crop area range MIN,MAX as fractions of the image area.",
+        ),
+        click.option(
+            "--rrc-ratio",
+            default="3/4,4/3",
+            show_default=True,
+            callback=lambda _c, _p, v: _pair(v),
+            help="rrc: crop aspect-ratio range MIN,MAX (width / height).",
+        ),
+        click.option(
+            "--pad",
+            type=click.IntRange(min=0),
+            default=4,
+            show_default=True,
+            help="pad-crop: zero pixels added on each side (the largest shift).",
+        ),
+        click.option(
+            "--hflip",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            show_default=True,
+            help="Mirror probability for training crops.",
+        ),
+        click.option(
+            "--val-resize-ratio",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=None,
+            help="Validation: resize the shorter side to image-size / ratio, then centre-crop. "
+            "Default: 0.875 with rrc (256 -> 224), 1 with pad-crop and none.",
+        ),
+        click.option(
+            "--auto-augment",
+            type=click.Choice(["none", "autoaugment", "randaugment", "trivialaugment"]),
+            default="none",
+            show_default=True,
+            callback=lambda _c, _p, v: None if v == "none" else v,
+            help="Policy on training crops: torchvision v2 (torch backend) or "
+            "nvidia.dali.auto_aug (DALI backend).",
+        ),
+        click.option(
+            "--ra-n",
+            type=click.IntRange(min=0),
+            default=2,
+            show_default=True,
+            help="RandAugment: operations per image.",
+        ),  # fmt: skip
+        click.option(
+            "--ra-m",
+            type=click.IntRange(0, 30),
+            default=9,
+            show_default=True,
+            help="RandAugment: magnitude (0-30).",
+        ),  # fmt: skip
+        click.option(
+            "--mixup",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Mixup alpha (e.g. 0.2); 0 = off. Soft-target loss; see docs/TRAINING.md.",
+        ),
+        click.option(
+            "--cutmix",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="CutMix alpha (e.g. 1.0); 0 = off.",
+        ),
+        click.option(
+            "--mixup-prob",
+            type=click.FloatRange(0, 1),
+            default=1.0,
+            show_default=True,
+            help="Probability that a batch is mixed.",
+        ),
+        click.option(
+            "--mixup-switch-prob",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            show_default=True,
+            help="With both --mixup and --cutmix: probability of CutMix for a batch.",
+        ),
+        click.option(
+            "--ema-decay",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="EMA of the weights (e.g. 0.9999), evaluated beside the model; 0 = off.",
+        ),
+        click.option(
+            "--ema-warmup/--no-ema-warmup",
+            default=False,
+            show_default=True,
+            help="EMA warm-up (timm): decay 1 - (1 + step)^-0.75, capped at --ema-decay.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -193,6 +323,7 @@ def main(verbose: int) -> None:
     default=None,
     help="Seconds to wait for a silent rank before failing (default: PyTorch's, 10-30 min).",
 )
+@augment_options
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @rank_errors
 @user_errors
@@ -243,6 +374,7 @@ def run_cmd(
 @click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default=None)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--use-ema", is_flag=True, help="Score the EMA weights (runs with --ema-decay).")
 @rank_errors
 @user_errors
 def eval_cmd(
@@ -255,6 +387,7 @@ def eval_cmd(
     precision: str | None,
     device: str | None,
     as_json: bool,
+    use_ema: bool,
 ) -> None:
     """Score a checkpoint on a split: top-1/top-5 over exactly its N records."""
     from recordkit_train.engine import evaluate_checkpoint
@@ -268,6 +401,7 @@ def eval_cmd(
         workers=workers,
         precision=precision,
         device=device,
+        use_ema=use_ema,
     )
     if as_json and os.environ.get("RANK", "0") == "0":
         click.echo(json.dumps(result))
@@ -309,6 +443,7 @@ def demo_cmd(work: Path, **options: object) -> None:
     "--exts", default=".jpg,.jpeg,.png", show_default=True, help="Image types taken from folders."
 )
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
+@click.option("--use-ema", is_flag=True, help="Predict with the EMA weights.")
 @user_errors
 def predict_cmd(
     inputs: tuple[Path, ...],
@@ -319,6 +454,7 @@ def predict_cmd(
     workers: int | None,
     exts: str,
     device: str | None,
+    use_ema: bool,
 ) -> None:
     """Classify image files and folders (recursively) with the validation preprocessing.
 
@@ -332,7 +468,7 @@ def predict_cmd(
     """
     from recordkit_train.predict import Prediction, Predictor, find_images
 
-    predictor = Predictor.from_checkpoint(checkpoint, device)
+    predictor = Predictor.from_checkpoint(checkpoint, device, use_ema=use_ema)
     paths = find_images(inputs, exts)
     if not paths:
         raise click.ClickException(f"no images with extensions {exts} under the given paths")
@@ -378,6 +514,7 @@ def predict_cmd(
     show_default=True,
     help="Tolerance, relative part (times the largest |logit|).",
 )
+@click.option("--use-ema", is_flag=True, help="Export (and check) the EMA weights.")
 @user_errors
 def export_cmd(
     checkpoint: Path,
@@ -388,6 +525,7 @@ def export_cmd(
     images: tuple[Path, ...],
     atol: float,
     rtol: float,
+    use_ema: bool,
 ) -> None:
     """Export a checkpoint to ONNX: uint8 RGB NCHW `images` in, float32 `logits` out.
 
@@ -402,14 +540,16 @@ def export_cmd(
     from recordkit_train.export import check_onnx, export_onnx
 
     if not check_only:
-        done = export_onnx(checkpoint, onnx_path, opset=opset)
+        done = export_onnx(checkpoint, onnx_path, opset=opset, use_ema=use_ema)
         click.echo(
             f"wrote {done.path}: opset {done.opset}, input images uint8 "
             f"(batch, 3, {done.image_size}, {done.image_size}), output logits float32 "
             f"(batch, {len(done.classes)}), {done.seconds:.1f} s"
         )
     if check or check_only:
-        results = check_onnx(onnx_path, checkpoint, images=images, atol=atol, rtol=rtol)
+        results = check_onnx(
+            onnx_path, checkpoint, images=images, atol=atol, rtol=rtol, use_ema=use_ema
+        )
         for result in results:
             click.echo(f"check {result.summary()}")
         if not all(r.passed for r in results):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from recordkit.errors import RecordkitError
+from recordkit.loaders.augment import AUTO_AUGMENTS, MODES, Augment
 from recordkit_train.models import (
     check_arch,
     check_image_size,
@@ -43,6 +44,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "bool": (bool,),
     "tuple[int, ...]": (list, tuple),
+    "tuple[float, float]": (list, tuple),
 }
 
 
@@ -60,6 +62,8 @@ def _fits(value: Any, annotation: str) -> bool:
         if isinstance(value, kinds):
             if part == "tuple[int, ...]":
                 return all(type(v) is int for v in value)
+            if part == "tuple[float, float]":
+                return len(value) == 2 and all(type(v) in (int, float) and v == v for v in value)
             return not (isinstance(value, float) and value != value)  # NaN
     return False
 
@@ -122,6 +126,25 @@ class TrainConfig:
         tensorboard: Also write TensorBoard scalars to ``<out>/tensorboard``.
         dist_timeout: Seconds a collective waits for the other ranks before this rank gives
             up (a hung rank); None: PyTorch's default (10 min NCCL, 30 min gloo).
+        aug: Training crop mode: ``rrc``, ``pad-crop`` or ``none``
+            (:class:`recordkit.loaders.Augment` ``mode``).
+        rrc_scale: ``rrc``: crop area range, fractions of the image area.
+        rrc_ratio: ``rrc``: crop aspect-ratio range (width / height).
+        pad: ``pad-crop``: zero padding on each side, pixels.
+        hflip: Mirror probability for training crops (``none`` never mirrors).
+        val_resize_ratio: Validation resizes the shorter side to ``image_size /
+            val_resize_ratio`` before the centre crop; None: 0.875 with ``rrc``, 1.0 with
+            ``pad-crop`` and ``none`` (train and validation then see the same scale).
+        auto_augment: ``autoaugment``, ``randaugment``, ``trivialaugment`` or None.
+        ra_n: RandAugment operations per image.
+        ra_m: RandAugment magnitude (0-30).
+        mixup: Mixup beta-distribution alpha; 0 disables (:mod:`recordkit_train.mixup`).
+        cutmix: CutMix beta-distribution alpha; 0 disables.
+        mixup_prob: Probability that a batch is mixed at all.
+        mixup_switch_prob: With both mixup and cutmix on, probability of CutMix for a batch.
+        ema_decay: Exponential moving average of the weights with this decay, evaluated beside
+            the model; 0 disables (:mod:`recordkit_train.ema`).
+        ema_warmup: timm's EMA warm-up: decay ``1 - (1 + step) ** -0.75`` up to ``ema_decay``.
     """
 
     data: str | None = None
@@ -160,6 +183,21 @@ class TrainConfig:
     progress: bool | None = None
     tensorboard: bool = False
     dist_timeout: float | None = None
+    aug: str = "rrc"
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    pad: int = 4
+    hflip: float = 0.5
+    val_resize_ratio: float | None = None
+    auto_augment: str | None = None
+    ra_n: int = 2
+    ra_m: int = 9
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    ema_decay: float = 0.0
+    ema_warmup: bool = False
 
     def __post_init__(self) -> None:
         """Check the values.
@@ -202,6 +240,52 @@ class TrainConfig:
         if self.freeze_backbone and self.backbone_lr_scale != 1.0:
             raise ConfigError("freeze_backbone and backbone_lr_scale exclude each other")
         object.__setattr__(self, "lr_step_epochs", tuple(int(e) for e in self.lr_step_epochs))
+        for name in ("rrc_scale", "rrc_ratio"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if self.aug not in MODES:
+            raise ConfigError(f"unknown aug {self.aug!r}; choose one of: {', '.join(MODES)}")
+        if self.auto_augment is not None and self.auto_augment not in AUTO_AUGMENTS:
+            raise ConfigError(
+                f"unknown auto_augment {self.auto_augment!r}; "
+                f"choose one of: {', '.join(AUTO_AUGMENTS)}"
+            )
+        for name in ("mixup", "cutmix"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} (a beta alpha) must be >= 0, got {getattr(self, name)}")
+        for name in ("mixup_prob", "mixup_switch_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} is a probability, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        try:
+            self.augment()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def augment(self) -> Augment:
+        """The loaders' :class:`~recordkit.loaders.Augment` for this configuration (training
+        crop mode, ranges, flip, auto-augment and the validation resize)."""
+        ratio = self.val_resize_ratio
+        if ratio is None:
+            ratio = 0.875 if self.aug == "rrc" else 1.0
+        return Augment(
+            scale=self.rrc_scale,
+            ratio=self.rrc_ratio,
+            flip=self.hflip,
+            val_resize_ratio=ratio,
+            mode=self.aug,
+            pad=self.pad,
+            auto_augment=self.auto_augment,
+            ra_n=self.ra_n,
+            ra_m=self.ra_m,
+        )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (mixup or cutmix on, with some probability)."""
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
     def resolved(self, device: torch.device | str, world_size: int = 1) -> TrainConfig:
         """Fill in the device- and world-dependent defaults.
@@ -249,6 +333,8 @@ class TrainConfig:
         """The configuration as plain JSON-able values (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["lr_step_epochs"] = list(self.lr_step_epochs)
+        out["rrc_scale"] = list(self.rrc_scale)
+        out["rrc_ratio"] = list(self.rrc_ratio)
         return out
 
     @classmethod
@@ -263,8 +349,9 @@ class TrainConfig:
         """
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {k: v for k, v in values.items() if k in names}
-        if "lr_step_epochs" in kept:
-            kept["lr_step_epochs"] = tuple(kept["lr_step_epochs"])
+        for name in ("lr_step_epochs", "rrc_scale", "rrc_ratio"):
+            if name in kept:
+                kept[name] = tuple(kept[name])
         return cls(**kept)
 
     @classmethod

@@ -38,7 +38,9 @@ from recordkit_train.checkpoint import (
     unwrap,
 )
 from recordkit_train.config import ConfigError, TrainConfig
+from recordkit_train.ema import ModelEma
 from recordkit_train.metrics import AccuracyMeter, LossMeter, read_meters
+from recordkit_train.mixup import Mixer, dominant_labels, soft_target_cross_entropy
 from recordkit_train.models import SMALL_INPUT_MAX_SIZE, build_model, supports_small_input
 from recordkit_train.optim import LRSchedule, build_optimizer, load_optimizer_state
 from recordkit_train.plot import plot_metrics
@@ -142,6 +144,7 @@ def _make_loaders(
         "num_workers": cfg.workers,
         "seed": cfg.seed,
         "gpu_decode": cfg.gpu_decode and device.type == "cuda",
+        "augment": cfg.augment(),
     }
     if "train" not in ds:
         raise ConfigError(f"{cfg.data} has no 'train' split (splits: {', '.join(ds)})")
@@ -166,6 +169,31 @@ def _make_loaders(
     return train_loader, val_loader
 
 
+def _describe_augment(cfg: TrainConfig) -> str:
+    """One line: the training augmentation, mixing and EMA this run uses."""
+    aug = cfg.augment()
+    if aug.mode == "rrc":
+        crop = f"random-resized-crop scale {aug.scale[0]:g}-{aug.scale[1]:g}, ratio "
+        crop += f"{aug.ratio[0]:.3g}-{aug.ratio[1]:.3g}, flip {aug.flip:g}"
+    elif aug.mode == "pad-crop":
+        crop = f"pad {aug.pad} + random crop, flip {aug.flip:g}"
+    else:
+        crop = "none (the validation transform)"
+    parts = [f"augment: {crop}", f"val resize ratio {aug.val_resize_ratio:g}"]
+    if aug.auto_augment == "randaugment":
+        parts.append(f"randaugment n {aug.ra_n} m {aug.ra_m}")
+    elif aug.auto_augment:
+        parts.append(aug.auto_augment)
+    if cfg.mixes:
+        parts.append(
+            f"mixup {cfg.mixup:g} / cutmix {cfg.cutmix:g} (prob {cfg.mixup_prob:g}, switch "
+            f"{cfg.mixup_switch_prob:g}; soft-target loss, train top-1 vs the dominant label)"
+        )
+    if cfg.ema_decay > 0:
+        parts.append(f"EMA decay {cfg.ema_decay:g}{' with warm-up' if cfg.ema_warmup else ''}")
+    return "; ".join(parts)
+
+
 def _close(*loaders: Any) -> None:
     """Free what loaders hold between epochs (DALI pipelines, a build thread)."""
     for loader in loaders:
@@ -186,6 +214,8 @@ def _train_epoch(
     scaler: LossScaler,
     criterion: nn.Module,
     reporter: Reporter,
+    mixer: Mixer | None = None,
+    ema: ModelEma | None = None,
 ) -> dict[str, float]:
     device = env.device
     model.train()
@@ -203,6 +233,7 @@ def _train_epoch(
                 cfg=cfg, epoch=epoch, i=i, images=images, labels=labels, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, criterion=criterion,
                 meters=(window_loss, window_acc, epoch_loss), device=device,
+                mixer=mixer, ema=ema, step=epoch * iters + i + 1,
             )  # fmt: skip
             n = images.shape[0]
             window_n += n
@@ -261,20 +292,37 @@ def _train_step(
     criterion: nn.Module,
     meters: tuple[LossMeter, AccuracyMeter, LossMeter],
     device: torch.device,
+    mixer: Mixer | None = None,
+    ema: ModelEma | None = None,
+    step: int = 0,
 ) -> float:
-    """One optimizer step; metrics accumulate on the device (no host sync). Returns the LR."""
+    """One optimizer step; metrics accumulate on the device (no host sync). Returns the LR.
+
+    With ``mixer`` the batch is mixed here, on the device, and the loss is the soft-target
+    cross entropy (label smoothing is in the targets); training top-1 then counts each image's
+    dominant label. With ``ema`` the average is updated after the step (``step``: 1-based
+    over the run).
+    """
     window_loss, window_acc, epoch_loss = meters
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
+    targets: torch.Tensor | None = None
+    if mixer is not None:
+        images, targets = mixer(images, labels, epoch=epoch, step=i)
     lr = schedule.apply(optimizer, epoch, i)
     with autocast(str(cfg.precision), device):
         logits = model(images)
-        loss = criterion(logits, labels)
+        if targets is None:
+            loss = criterion(logits, labels)
+        else:
+            loss = soft_target_cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.step(loss, optimizer)
+    if ema is not None:
+        ema.update(unwrap(model), step)
     n = images.shape[0]
     window_loss.update(loss, n)
-    window_acc.update(logits.float(), labels)
+    window_acc.update(logits.float(), labels if targets is None else dominant_labels(targets))
     epoch_loss.update(loss, n)
     return lr
 
@@ -306,6 +354,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scaler: LossScaler,
     schedule: LRSchedule,
+    ema: ModelEma | None = None,
 ) -> tuple[int, float | None]:
     """Restore a run's state from ``path``; return the epoch to start at and the best top-1.
 
@@ -319,6 +368,12 @@ def _resume(
     if missing:
         raise ConfigError(f"{path} cannot be resumed from: no {', '.join(sorted(missing))}")
     unwrap(model).load_state_dict(state["model"])
+    if ema is not None:
+        if isinstance(state.get("ema"), dict):
+            ema.load_state_dict(state["ema"])
+        else:
+            ema.load_state_dict(state["model"])
+            logger.warning("%s has no EMA weights: the average starts from its model", path)
     try:
         load_optimizer_state(optimizer, state["optimizer"])
     except ValueError as exc:  # other parameter groups: --freeze-backbone / lr scale
@@ -575,6 +630,19 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         classes=classes,
     )
     optimizer = _make_optimizer(cfg, model, lr_scale=lr_scale)
+    ema = ModelEma(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
+    mixer = None
+    if cfg.mixes:
+        mixer = Mixer(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            prob=cfg.mixup_prob,
+            switch_prob=cfg.mixup_switch_prob,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=len(classes),
+            seed=cfg.seed,
+            rank=env.rank,
+        )
     schedule = LRSchedule(
         cfg.lr_schedule,
         base_lr=float(cfg.lr),
@@ -594,9 +662,11 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             optimizer=optimizer,
             scaler=scaler,
             schedule=schedule,
+            ema=ema,
         )
     if env.is_main:
         logger.info("%s", schedule.describe())
+        logger.info("%s", _describe_augment(cfg))
         if cfg.small_input:
             logger.info("model: %s with the small-input stem (3x3 stride 1)", cfg.arch)
         elif cfg.image_size <= SMALL_INPUT_MAX_SIZE and not supports_small_input(cfg.arch):
@@ -644,6 +714,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             criterion=criterion,
             classes=classes,
             reporter=reporter,
+            mixer=mixer,
+            ema=ema,
         )
     finally:
         reporter.close()
@@ -672,6 +744,8 @@ def _epochs(
     criterion: nn.Module,
     classes: list[str],
     reporter: Reporter,
+    mixer: Mixer | None = None,
+    ema: ModelEma | None = None,
 ) -> dict[str, Any]:
     """Train, validate and checkpoint epochs ``start_epoch`` .. ``cfg.epochs - 1``.
 
@@ -694,9 +768,13 @@ def _epochs(
             scaler=scaler,
             criterion=criterion,
             reporter=reporter,
+            mixer=mixer,
+            ema=ema,
         )
         row: dict[str, Any] = {"epoch": epoch, **stats}
         row.update(val_top1=None, val_top5=None, val_samples=0)
+        if ema is not None:
+            row.update(ema_val_top1=None, ema_val_top5=None)
         validate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         improved = False
         if val_loader is not None and validate:
@@ -715,6 +793,20 @@ def _epochs(
                 val["samples"],
                 val["samples_per_s"],
             )
+            if ema is not None:
+                distributed.broadcast_buffers(ema.module)
+                ev = evaluate(ema.module, val_loader, device=device, precision=precision)
+                row.update(
+                    ema_val_top1=_finite_or_none(float(ev["top1"])),
+                    ema_val_top5=_finite_or_none(float(ev["top5"])),
+                )
+                logger.info(
+                    "validation (ema): epoch %d, top_1: %.3f, top_k: %.3f, samples: %d",
+                    epoch,
+                    ev["top1"],
+                    ev["top5"],
+                    ev["samples"],
+                )
             top1 = row["val_top1"]
             if top1 is not None and (best is None or top1 > best):
                 best, improved = top1, True
@@ -732,6 +824,8 @@ def _epochs(
                 "classes": classes,
                 "rng": capture_rng(),
             }
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             save_checkpoint(out / "last.pt", state)
             if improved:
                 save_checkpoint(out / "best.pt", state)
@@ -742,6 +836,11 @@ def _epochs(
                 "epoch/samples_per_s": row["samples_per_s"],
                 "val/top1": row["val_top1"],
                 "val/top5": row["val_top5"],
+                **(
+                    {"val_ema/top1": row["ema_val_top1"], "val_ema/top5": row["ema_val_top5"]}
+                    if ema is not None
+                    else {}
+                ),
             },
         )
         reporter.flush()
@@ -760,6 +859,7 @@ def evaluate_checkpoint(
     workers: int | None = None,
     precision: str | None = None,
     device: str | None = None,
+    use_ema: bool = False,
 ) -> dict[str, Any]:
     """Score a training checkpoint on a split (the ``eval`` command); torchrun-aware.
 
@@ -773,9 +873,10 @@ def evaluate_checkpoint(
         precision: Forward precision; None: the checkpoint's training precision if the device
             supports it, else the device's default.
         device: ``"cuda"`` or ``"cpu"``; default CUDA when available.
+        use_ema: Score the checkpoint's EMA weights (``--ema-decay`` runs).
 
     Returns:
-        ``{"top1", "top5", "samples", "samples_per_s", "split", "arch", "epoch"}``.
+        ``{"top1", "top5", "samples", "samples_per_s", "split", "arch", "epoch", "ema"}``.
 
     Raises:
         recordkit_train.checkpoint.CheckpointError: The checkpoint is missing or unsafe.
@@ -787,6 +888,8 @@ def evaluate_checkpoint(
         state = load_checkpoint(checkpoint, map_location="cpu")
         if "model" not in state or "config" not in state:
             raise ConfigError(f"{checkpoint} is not a recordkit-train checkpoint")
+        if use_ema and not isinstance(state.get("ema"), dict):
+            raise ConfigError(f"{checkpoint} has no EMA weights (train with --ema-decay)")
         cfg = TrainConfig.from_checkpoint(state, checkpoint, data=str(data), resume=None)
         ds = recordkit.open(str(data))
         if split not in ds:
@@ -812,7 +915,7 @@ def evaluate_checkpoint(
             small_input=bool(cfg.small_input),
             channels_last=bool(cfg.channels_last),
         )
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["ema" if use_ema else "model"])
         model.to(env.device)
         loader = recordkit.make_loader(
             ds,
@@ -827,6 +930,7 @@ def evaluate_checkpoint(
             drop_last=False,
             shuffle=False,
             num_workers=workers,
+            augment=cfg.augment(),
         )
         try:
             result: dict[str, Any] = dict(
@@ -834,7 +938,9 @@ def evaluate_checkpoint(
             )
         finally:
             _close(loader)
-        result.update(split=split, arch=cfg.arch, epoch=int(state.get("epoch", 0)))
+        result.update(
+            split=split, arch=cfg.arch, epoch=int(state.get("epoch", 0)), ema=bool(use_ema)
+        )
         logger.info(
             "validation: split %s, top_1: %.3f, top_k: %.3f, samples: %d, samples/s: %.1f",
             split,

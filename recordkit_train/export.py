@@ -162,6 +162,7 @@ def export_onnx(
     onnx_path: str | os.PathLike[str],
     *,
     opset: int | None = None,
+    use_ema: bool = False,
 ) -> ExportResult:
     """Export a training checkpoint to one self-contained ONNX file (written atomically).
 
@@ -169,6 +170,7 @@ def export_onnx(
         checkpoint: ``best.pt`` / ``last.pt`` from ``recordkit-train run``.
         onnx_path: The file to write (parent folders are created).
         opset: ONNX opset; None: the installed torch exporter's default.
+        use_ema: Export the checkpoint's EMA weights instead of the model's.
 
     Returns:
         What was written.
@@ -181,7 +183,7 @@ def export_onnx(
     _require("onnxscript")  # the torch.export-based exporter's translation library
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise ExportError(f"ONNX export needs torch >= 2.6 (this is {torch.__version__})")
-    trained = load_trained_model(checkpoint)
+    trained = load_trained_model(checkpoint, use_ema=use_ema)
     net = NormalizedModel(trained.model, trained.augment).eval()
     size = trained.image_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
@@ -334,6 +336,7 @@ def check_onnx(
     rtol: float = DEFAULT_RTOL,
     random_batch: int = 4,
     seed: int = 0,
+    use_ema: bool = False,
 ) -> list[CheckResult]:
     """Run an ONNX file with onnxruntime (CPU) and compare it with the checkpoint's model.
 
@@ -349,6 +352,7 @@ def check_onnx(
         rtol: Relative part, times the batch's largest ``|PyTorch logit|``.
         random_batch: Size of the random batch.
         seed: Seed of the random batch.
+        use_ema: Compare with the checkpoint's EMA weights (what ``export --use-ema`` wrote).
 
     Returns:
         One :class:`CheckResult` per batch; see ``passed``.
@@ -363,7 +367,7 @@ def check_onnx(
     path = Path(onnx_path)
     if not path.is_file():
         raise ExportError(f"{path} does not exist")
-    trained = load_trained_model(checkpoint)
+    trained = load_trained_model(checkpoint, use_ema=use_ema)
     net = NormalizedModel(trained.model, trained.augment).eval()
     size = trained.image_size
     try:

@@ -18,6 +18,7 @@ for each and carries on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -76,11 +77,15 @@ class TrainedModel:
     epoch: int = 0
 
 
-def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
+def load_trained_model(
+    checkpoint: str | os.PathLike[str], *, use_ema: bool = False
+) -> TrainedModel:
     """Rebuild the model of a ``recordkit-train`` checkpoint (loaded with ``weights_only``).
 
     Args:
         checkpoint: ``best.pt`` / ``last.pt``.
+        use_ema: Load the checkpoint's EMA weights (``--ema-decay`` runs) instead of the
+            model's.
 
     Returns:
         The model in eval mode on the CPU, its classes and image size.
@@ -95,6 +100,10 @@ def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
         raise ConfigError(f"{checkpoint} is not a recordkit-train checkpoint (no model/config)")
     cfg = TrainConfig.from_checkpoint(state, checkpoint, data=str(checkpoint), resume=None)
     weights = state["model"]
+    if use_ema:
+        if not isinstance(state.get("ema"), dict):
+            raise ConfigError(f"{checkpoint} has no EMA weights (train with --ema-decay)")
+        weights = state["ema"]
     # The classifier is the last layer registered, so its weight is the last weight tensor of
     # two or more dimensions in the state dict (fc.weight, classifier.1.weight, heads.head...).
     heads = [
@@ -137,6 +146,7 @@ def load_trained_model(checkpoint: str | os.PathLike[str]) -> TrainedModel:
         arch=cfg.arch,
         classes=classes or [str(i) for i in range(num_classes)],
         image_size=cfg.image_size,
+        augment=dataclasses.replace(Augment(), val_resize_ratio=cfg.augment().val_resize_ratio),
         epoch=epoch,
     )
 
@@ -273,18 +283,23 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | os.PathLike[str], device: str | torch.device | None = None
+        cls,
+        checkpoint: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        *,
+        use_ema: bool = False,
     ) -> Predictor:
         """Load a checkpoint (see :func:`load_trained_model`) and wrap it.
 
         Args:
             checkpoint: ``best.pt`` / ``last.pt``.
             device: Where to run; None: CUDA when available.
+            use_ema: Predict with the checkpoint's EMA weights.
 
         Returns:
             The predictor.
         """
-        return cls(load_trained_model(checkpoint), device)
+        return cls(load_trained_model(checkpoint, use_ema=use_ema), device)
 
     @property
     def classes(self) -> list[str]:

@@ -3,9 +3,19 @@
 Everything here is plain Python (no torch, no DALI) so that both backends, the tests and the
 ``show`` command agree on one definition of "the ImageNet training / validation transform":
 
-- training: a random crop covering ``scale`` of the image area with aspect ratio in ``ratio``
-  (torchvision's ``RandomResizedCrop`` algorithm, 10 attempts then a centre fallback), resized
-  to ``image_size`` x ``image_size``, mirrored with probability ``flip``;
+- training, ``mode="rrc"`` (the default): a random crop covering ``scale`` of the image area
+  with aspect ratio in ``ratio`` (torchvision's ``RandomResizedCrop`` algorithm, 10 attempts
+  then a centre fallback), resized to ``image_size`` x ``image_size``, mirrored with
+  probability ``flip``;
+- training, ``mode="pad-crop"`` (CIFAR style, for small images): the validation transform,
+  then ``pad`` zero pixels on every side and a random ``image_size`` crop of that (an offset of
+  ``-pad .. pad`` pixels on each axis, :func:`pad_crop_offsets`), mirrored with probability
+  ``flip``;
+- training, ``mode="none"``: the validation transform, no mirror;
+- then, on training crops, an optional ``auto_augment`` policy (``autoaugment``,
+  ``randaugment`` with ``ra_n`` operations at magnitude ``ra_m``, ``trivialaugment``) on the
+  uint8 ``image_size`` crop: torchvision v2 on the torch backend, ``nvidia.dali.auto_aug`` on
+  DALI;
 - validation: resize the shorter side to ``int(image_size / val_resize_ratio)`` (256 for 224),
   then a centre ``image_size`` x ``image_size`` crop;
 - both: ``(pixel / 255 - mean) / std`` per channel, done on the target device.
@@ -21,8 +31,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Augment",
+    "AUTO_AUGMENTS",
+    "MODES",
     "CropBox",
     "center_crop_box",
+    "pad_crop_offsets",
     "random_resized_crop_box",
     "val_crop_region",
     "val_resize_size",
@@ -30,6 +43,11 @@ __all__ = [
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+MODES = ("rrc", "pad-crop", "none")
+"""Training crop modes: random-resized-crop, pad + random crop (CIFAR), none."""
+AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment")
+"""Automatic augmentation policies (torchvision v2 / ``nvidia.dali.auto_aug``)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,14 @@ class Augment:
         train_antialias: Antialias the training crop's resize (torchvision's default, and what
             DALI's ResNet-50 example gets from ``INTERP_TRIANGULAR``). False: plain bilinear,
             faster on DALI's CPU pipeline (docs/BENCHMARKS.md), slightly aliased.
+        mode: Training crop: ``"rrc"`` (random resized crop with ``scale`` / ``ratio``),
+            ``"pad-crop"`` (validation transform, then zero-pad by ``pad`` and take a random
+            ``image_size`` crop), ``"none"`` (the validation transform, no flip).
+        pad: ``pad-crop``: pixels of zero padding on each side (the largest shift).
+        auto_augment: None, ``"autoaugment"`` (the ImageNet policy), ``"randaugment"`` or
+            ``"trivialaugment"`` (TrivialAugment-Wide), applied to training crops.
+        ra_n: RandAugment: operations per image.
+        ra_m: RandAugment: magnitude, 0-30 (torchvision's ``num_magnitude_bins=31`` scale).
     """
 
     scale: tuple[float, float] = (0.08, 1.0)
@@ -56,6 +82,11 @@ class Augment:
     std: tuple[float, float, float] = IMAGENET_STD
     val_resize_ratio: float = 0.875
     train_antialias: bool = True
+    mode: str = "rrc"
+    pad: int = 4
+    auto_augment: str | None = None
+    ra_n: int = 2
+    ra_m: int = 9
 
     def __post_init__(self) -> None:
         lo, hi = self.scale
@@ -70,6 +101,24 @@ class Augment:
             raise ValueError("mean and std need three values each, std > 0")
         if not 0 < self.val_resize_ratio <= 1:
             raise ValueError(f"val_resize_ratio must be in (0, 1], got {self.val_resize_ratio}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0, got {self.pad}")
+        if self.auto_augment is not None and self.auto_augment not in AUTO_AUGMENTS:
+            raise ValueError(
+                f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)} or None, "
+                f"got {self.auto_augment!r}"
+            )
+        if self.ra_n < 0 or not 0 <= self.ra_m <= 30:
+            raise ValueError(
+                f"RandAugment needs ra_n >= 0 and 0 <= ra_m <= 30 ({self.ra_n}, {self.ra_m})"
+            )
+
+    @property
+    def train_flip(self) -> float:
+        """The mirror probability training uses: ``flip``, 0 in mode ``none``."""
+        return 0.0 if self.mode == "none" else self.flip
 
     @property
     def mean255(self) -> tuple[float, float, float]:
@@ -134,6 +183,18 @@ def random_resized_crop_box(
         w, h = width, height
     w, h = max(1, min(w, width)), max(1, min(h, height))
     return CropBox((width - w) // 2, (height - h) // 2, w, h)
+
+
+def pad_crop_offsets(pad: int, rng: random.Random) -> tuple[int, int]:
+    """The ``(dx, dy)`` shift of a pad-crop: each uniform in ``-pad .. pad``.
+
+    Output pixel ``(y, x)`` is input pixel ``(y + dy, x + dx)``, zero where that falls outside
+    (torchvision's ``RandomCrop(size, padding=pad)``: a crop at ``(pad + dy, pad + dx)`` of the
+    padded image). Drawn x first, then y.
+    """
+    dx = rng.randint(-pad, pad)
+    dy = rng.randint(-pad, pad)
+    return dx, dy
 
 
 def val_resize_size(image_size: int, val_resize_ratio: float) -> int:

@@ -60,6 +60,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -98,8 +99,10 @@ __all__ = [
     "DaliLoader",
     "build_pipeline",
     "check_dali_version",
+    "auto_augment_graph",
     "decode_augment",
     "decoder_kwargs",
+    "pad_crop_graph",
     "pack_image_bound",
     "reader_batches",
 ]
@@ -181,7 +184,19 @@ def decode_augment(
     decoder's GPU buffers (:func:`decoder_kwargs`).
     """
     dec_kw = decoder_kwargs(train=train, gpu=gpu, max_image=max_image)
-    if train:
+    mirror: Any = 0
+    if train and augment.mode != "rrc":
+        # pad-crop / none: the validation geometry first (as the torch backend's TrainDecode)
+        images = fn.decoders.image(jpegs, **dec_kw)
+        short = val_resize_size(image_size, augment.val_resize_ratio)
+        images = fn.resize(
+            images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True
+        )
+        images = fn.crop(images, crop=(image_size, image_size))
+        if augment.mode == "pad-crop":
+            images = pad_crop_graph(images, augment.pad, image_size)
+            mirror = fn.random.coin_flip(probability=augment.flip) if augment.flip > 0 else 0
+    elif train:
         images = fn.decoders.image_random_crop(
             jpegs,
             random_area=list(augment.scale),
@@ -205,7 +220,12 @@ def decode_augment(
         images = fn.resize(
             images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True
         )
-        mirror = 0
+    if train and augment.auto_augment is not None:
+        # crop -> flip -> policy, the torch backend's order: mirror before the policy
+        if not isinstance(mirror, int):
+            images = fn.flip(images, horizontal=mirror)
+            mirror = 0
+        images = auto_augment_graph(images, augment, image_size)
     return fn.crop_mirror_normalize(
         images,
         dtype=_DALI_DTYPES.get(dtype, types.FLOAT),
@@ -215,6 +235,57 @@ def decode_augment(
         std=list(augment.std255),
         mirror=mirror,
     )
+
+
+def pad_crop_graph(images: Any, pad: int, image_size: int, offsets: Any = None) -> Any:
+    """Pad-crop of ``image_size`` square HWC images (call inside a pipeline definition).
+
+    Output pixel ``(y, x)`` is input pixel ``(y + dy, x + dx)``, zero outside the image: a
+    ``fn.slice`` starting at ``(dy, dx)`` with ``out_of_bounds_policy="pad"``, i.e. a crop of
+    the image zero-padded by ``pad`` at ``(pad + dy, pad + dx)`` -- the torch backend's
+    :func:`~recordkit.loaders.decode.pad_crop`.
+
+    Args:
+        images: uint8 HWC images of ``image_size`` x ``image_size``.
+        pad: Largest shift; ``dx``, ``dy`` are uniform in ``-pad .. pad``.
+        image_size: Output side.
+        offsets: Per-sample int32 ``(dy, dx)`` to use instead of random ones (tests).
+
+    Returns:
+        The shifted images.
+    """
+    if offsets is None:
+        offsets = fn.random.uniform(
+            values=[float(v) for v in range(-pad, pad + 1)], shape=(2,), dtype=types.INT32
+        )
+    return fn.slice(
+        images,
+        offsets,
+        fn.constant(idata=[image_size, image_size], dtype=types.INT32),
+        axes=[0, 1],
+        out_of_bounds_policy="pad",
+        fill_values=0,
+    )
+
+
+def auto_augment_graph(images: Any, augment: Augment, image_size: int) -> Any:
+    """``augment.auto_augment`` with ``nvidia.dali.auto_aug`` on uint8 ``image_size`` HWC crops
+    (inside a pipeline built with ``enable_conditionals=True``): ``auto_augment`` (ImageNet
+    policy), ``rand_augment(n=ra_n, m=ra_m)`` or ``trivial_augment_wide``, translations relative
+    to the crop, fill 128. Runs on CPU and GPU (DALI 2.4; checked on the CPU)."""
+    from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+    shape = (image_size, image_size)
+    kind = augment.auto_augment
+    with warnings.catch_warnings():  # DALI 2.x's policies call its deprecated aliases
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if kind == "autoaugment":
+            return auto_augment.auto_augment(images, shape=shape, fill_value=128)
+        if kind == "randaugment":
+            return rand_augment.rand_augment(
+                images, n=augment.ra_n, m=augment.ra_m, shape=shape, fill_value=128
+            )
+        return trivial_augment.trivial_augment_wide(images, shape=shape, fill_value=128)
 
 
 def build_pipeline(
@@ -299,6 +370,7 @@ def build_pipeline(
         return images, labels
 
     pipe = _pipe(
+        enable_conditionals=train and augment.auto_augment is not None,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,

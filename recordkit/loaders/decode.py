@@ -39,6 +39,7 @@ import io
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,6 +54,7 @@ from recordkit.loaders.augment import (
     Augment,
     CropBox,
     center_crop_box,
+    pad_crop_offsets,
     random_resized_crop_box,
     val_resize_size,
 )
@@ -67,7 +69,9 @@ __all__ = [
     "crop_resize",
     "decode_rgb",
     "decode_rgb_bytes",
+    "auto_augment_transform",
     "image_size_of",
+    "pad_crop",
     "pil_rgb",
     "val_transform_tensor",
 ]
@@ -165,6 +169,57 @@ def val_transform_tensor(img: torch.Tensor, image_size: int, augment: Augment) -
     return img[..., box.top : box.top + image_size, box.left : box.left + image_size]
 
 
+def pad_crop(img: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Shift a ``(C, H, W)`` image by ``(dx, dy)`` with zeros coming in: output pixel
+    ``(y, x)`` is ``img[:, y + dy, x + dx]``, 0 outside the image.
+
+    The same as zero-padding by ``p >= max(|dx|, |dy|)`` on every side and cropping ``H x W``
+    at ``(p + dy, p + dx)`` (torchvision's ``RandomCrop(size, padding=p)``), without building
+    the padded image. Returns a new contiguous tensor.
+    """
+    _, h, w = img.shape
+    out = torch.zeros(img.shape, dtype=img.dtype)
+    y0, y1 = max(0, -dy), min(h, h - dy)
+    x0, x1 = max(0, -dx), min(w, w - dx)
+    if y0 < y1 and x0 < x1:
+        out[:, y0:y1, x0:x1] = img[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+    return out
+
+
+AUTO_AUGMENT_FILL = 128
+"""Fill value for pixels that a geometric auto-augment operation uncovers (DALI's default)."""
+
+
+def auto_augment_transform(augment: Augment) -> Any:
+    """The torchvision v2 transform for ``augment.auto_augment`` (None when off).
+
+    ``autoaugment``: ``AutoAugment(IMAGENET)``; ``randaugment``: ``RandAugment(ra_n, ra_m)``;
+    ``trivialaugment``: ``TrivialAugmentWide()``; all with fill :data:`AUTO_AUGMENT_FILL`,
+    on uint8 ``(3, S, S)`` tensors.
+    """
+    from torchvision.transforms import v2
+
+    kind, fill = augment.auto_augment, AUTO_AUGMENT_FILL
+    if kind is None:
+        return None
+    if kind == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=fill)
+    if kind == "randaugment":
+        return v2.RandAugment(num_ops=augment.ra_n, magnitude=augment.ra_m, fill=fill)
+    return v2.TrivialAugmentWide(fill=fill)
+
+
+def _apply_auto_augment(transform: Any, img: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """``transform(img)`` with torch's RNG seeded from ``seed`` (restored afterwards), so the
+    sample is reproducible; with no seed, from the process's RNG."""
+    img = img.contiguous()
+    if seed is None:
+        return transform(img)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed ^ 0x5EED)
+        return transform(img)
+
+
 @dataclass(frozen=True)
 class TrainDecode:
     """Record -> uint8 ``(3, S, S)`` tensor: random resized crop + flip (training).
@@ -179,8 +234,25 @@ class TrainDecode:
     roi_decode: bool = True
 
     def __call__(self, record: Record, seed: int | None = None) -> torch.Tensor:
+        img = self._crop(record, seed)
+        if self.augment.auto_augment is not None:
+            transform = _AUTO_AUGMENT.get(self.augment)
+            if transform is None:
+                transform = _AUTO_AUGMENT[self.augment] = auto_augment_transform(self.augment)
+            img = _apply_auto_augment(transform, img, seed)
+        return img
+
+    def _crop(self, record: Record, seed: int | None) -> torch.Tensor:
+        """The training crop (mode ``rrc``, ``pad-crop`` or ``none``), flipped or not."""
         rng = _rng(seed)
         aug = self.augment
+        if aug.mode != "rrc":
+            img = val_transform_tensor(decode_rgb(record), self.image_size, aug)
+            if aug.mode == "none":
+                return img
+            dx, dy = pad_crop_offsets(aug.pad, rng)
+            out = pad_crop(img, dx, dy)
+            return out.flip(-1) if rng.random() < aug.flip else out
         header = window_header(record.image) if self.roi_decode else None
         if header is not None:  # decode only the crop's window (the same pixels, less work)
             box = random_resized_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
@@ -196,6 +268,9 @@ class TrainDecode:
         box = random_resized_crop_box(w, h, aug.scale, aug.ratio, rng)
         flip = rng.random() < aug.flip
         return crop_resize(img, box, self.image_size, flip, aug.train_antialias)
+
+
+_AUTO_AUGMENT: dict[Augment, Any] = {}  # one transform per settings, per process
 
 
 @dataclass(frozen=True)
@@ -251,6 +326,9 @@ class EncodedDecode:
         name = record.filename or f"record {record.index}"
         header = jpeg_header(record.image)
         why = nvjpeg_refusal(header)
+        aug = self.augment
+        if self.train and (aug.mode != "rrc" or aug.auto_augment is not None):
+            why = why or f"training mode {aug.mode}, auto-augment {aug.auto_augment}"
         if why is not None or header is None:
             log.debug("%s: decoded on the CPU (%s)", name, why)
             make = TrainDecode if self.train else ValDecode
