@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             labels = read_idx(_find(args.src, labels_name))
             if args.limit is not None:
                 images, labels = images[: args.limit], labels[: args.limit]
-            write_idx_split(images, labels, args.work / "images", args.work / "fmnist", split,
-                            classes)
+            write_idx_split(
+                images, labels, args.work / "images", args.work / "fmnist", split, classes
+            )
             report[f"{split}_images"] = len(images)
     except (OSError, IdxFormatError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -74,9 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     report["convert_s"] = round(time.perf_counter() - t0, 2)
     if not args.no_pack:
         t1 = time.perf_counter()
-        cmd = [sys.executable, "-m", "recordkit", "pack", str(args.work / "fmnist"),
-               str(args.work / "images"), "--encoding", ".png", "--color", "-1",
-               "--out", str(out), "--overwrite", "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "recordkit",
+            "pack",
+            str(args.work / "fmnist"),
+            str(args.work / "images"),
+            "--encoding",
+            ".png",
+            "--color",
+            "-1",
+            "--out",
+            str(out),
+            "--overwrite",
+            "--quiet",
+        ]
         print(" ".join(cmd[1:]), file=sys.stderr)
         done = subprocess.run(cmd, check=False)
         if done.returncode:

@@ -13,7 +13,8 @@ split unchanged. Needs numpy and OpenCV (for the PNG encoder), not torch.
 
 >>> images = read_idx("train-images-idx3-ubyte.gz")          # doctest: +SKIP
 >>> labels = read_idx("train-labels-idx1-ubyte.gz")          # doctest: +SKIP
->>> write_idx_split(images, labels, "fmnist", "fmnist", "train", FASHION_MNIST_CLASSES)  # doctest: +SKIP
+>>> write_idx_split(images, labels, "fmnist/images", "fmnist/fm", "train",
+...                 FASHION_MNIST_CLASSES)                     # doctest: +SKIP
 """
 
 from __future__ import annotations
