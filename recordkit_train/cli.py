@@ -277,7 +277,18 @@ def main(verbose: int) -> None:
     "stride-1 stem). Default: on at --image-size 64 or less for those models.",
 )
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for CUDA only.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Loader workers. Default on a CPU: a quarter of the cores (at least 1).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU training: the model's threads. Default: the cores the loader workers leave.",
+)
 @click.option(
     "--backend", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True
 )

@@ -100,7 +100,7 @@ RECIPES: dict[str, Recipe] = {
                 "arch": "squeezenet1_1",
                 "image_size": 28,
                 "batch_size": 128,
-                "epochs": 10,
+                "epochs": 8,
                 "lr": 0.05,
                 "momentum": 0.875,
                 "weight_decay": 5e-4,

@@ -97,3 +97,18 @@ def test_cli_recipe_list_and_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["run", "--recipe", "nope", "--data", "d"])
     assert_one_line_error(result, "unknown recipe 'nope'")
     assert not seen
+
+
+def test_cpu_threads_share_the_cores() -> None:
+    from recordkit_train.config import ConfigError, cpu_threads
+
+    assert cpu_threads(None, None, cpus=2) == (1, 1)
+    assert cpu_threads(None, None, cpus=1) == (1, 1)
+    assert cpu_threads(None, None, cpus=16) == (4, 12)
+    assert cpu_threads(0, None, cpus=2) == (0, 2)
+    assert cpu_threads(None, 3, cpus=2) == (1, 3)
+    cfg = TrainConfig(data="d", workers=0).resolved("cpu")
+    assert cfg.workers == 0 and cfg.threads is not None and cfg.threads >= 1
+    assert TrainConfig(data="d", threads=2, workers=1).resolved("cpu").threads == 2
+    with pytest.raises(ConfigError, match="threads"):
+        TrainConfig(data="d", threads=0)
