@@ -43,7 +43,7 @@ def test_explicit_values_win() -> None:
     merged = resolve_recipe("fashion-mnist-squeezenet", {"epochs": 3, "pad": 0})
     assert merged["epochs"] == 3
     assert merged["pad"] == 0
-    assert merged["arch"] == "squeezenet1_1"
+    assert merged["arch"] == "squeezenet1_0"
     assert merged["aug"] == "pad-crop"
 
 
@@ -64,7 +64,7 @@ def test_cli_recipe_then_explicit_options(monkeypatch: pytest.MonkeyPatch) -> No
     result = CliRunner().invoke(main, [*args, "--lr", "0.01", "--hflip", "0"])
     assert result.exit_code == 0, result.output
     (cfg,) = seen
-    assert (cfg.arch, cfg.image_size, cfg.aug, cfg.pad) == ("squeezenet1_1", 28, "pad-crop", 2)
+    assert (cfg.arch, cfg.image_size, cfg.aug, cfg.pad) == ("squeezenet1_0", 28, "pad-crop", 2)
     assert (cfg.epochs, cfg.lr, cfg.hflip) == (2, 0.01, 0.0)
     # an option equal to its default still counts as given
     result = CliRunner().invoke(
