@@ -95,7 +95,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "fashion-mnist-squeezenet",
-            "SqueezeNet 1.0 on Fashion-MNIST 28x28 (published 0.900), aimed at 15 min on 2 CPU cores",
+            "SqueezeNet 1.0 on Fashion-MNIST 28x28 (published 0.900), for 15 min on 2 CPU cores",
             {
                 "arch": "squeezenet1_0",
                 "image_size": 28,
