@@ -40,10 +40,11 @@ def test_nvidia_recipes_values() -> None:
 
 
 def test_explicit_values_win() -> None:
-    merged = resolve_recipe("fashion-mnist-squeezenet", {"epochs": 3, "pad": 0})
-    assert merged["epochs"] == 3
+    merged = resolve_recipe("fashion-mnist-resnet18", {"epochs": 5, "pad": 0})
+    assert merged["epochs"] == 5
     assert merged["pad"] == 0
-    assert merged["arch"] == "squeezenet1_0"
+    assert merged["arch"] == "resnet18"
+    assert merged["small_input"] is False
     assert merged["aug"] == "pad-crop"
 
 
@@ -60,12 +61,12 @@ def _captured(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 def test_cli_recipe_then_explicit_options(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _captured(monkeypatch)
-    args = ["run", "--recipe", "fashion-mnist-squeezenet", "--data", "d", "--epochs", "2"]
-    result = CliRunner().invoke(main, [*args, "--lr", "0.01", "--hflip", "0"])
+    args = ["run", "--recipe", "fashion-mnist-resnet18", "--data", "d", "--epochs", "2"]
+    result = CliRunner().invoke(main, [*args, "--lr", "0.01", "--hflip", "0", "--small-input"])
     assert result.exit_code == 0, result.output
     (cfg,) = seen
-    assert (cfg.arch, cfg.image_size, cfg.aug, cfg.pad) == ("squeezenet1_0", 28, "pad-crop", 2)
-    assert (cfg.epochs, cfg.lr, cfg.hflip) == (2, 0.01, 0.0)
+    assert (cfg.arch, cfg.image_size, cfg.aug, cfg.pad) == ("resnet18", 28, "pad-crop", 2)
+    assert (cfg.epochs, cfg.lr, cfg.hflip, cfg.small_input) == (2, 0.01, 0.0, True)
     # an option equal to its default still counts as given
     result = CliRunner().invoke(
         main,

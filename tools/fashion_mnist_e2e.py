@@ -46,7 +46,7 @@ def _stage(name: str, cmd: list[str], report: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("runs/fmnist-e2e"))
-    ap.add_argument("--recipe", default="fashion-mnist-squeezenet")
+    ap.add_argument("--recipe", default="fashion-mnist-resnet18")
     ap.add_argument("--src", default=None, help="idx folder (default: Debian's package)")
     ap.add_argument("--skip-build", action="store_true", help="Reuse WORK/shards.")
     ap.add_argument("--limit", type=int, default=None, help="First N images per split (smoke).")
