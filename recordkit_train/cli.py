@@ -215,6 +215,12 @@ def main(verbose: int) -> None:
 
 @main.command("run", context_settings=CONTEXT_SETTINGS)
 @click.option(
+    "--recipe",
+    default=None,
+    help="Start from a named preset (docs/RECIPES.md); options given explicitly win. "
+    "`--recipe list` prints them.",
+)
+@click.option(
     "--data",
     type=DatasetLocation(),
     help="Shard directory, or its URL (s3://…, gs://…, https://…; see docs/REMOTE.md).",
@@ -275,7 +281,18 @@ def main(verbose: int) -> None:
     "stride-1 stem). Default: on at --image-size 64 or less for those models.",
 )
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for CUDA only.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Loader workers. Default on a CPU: a quarter of the cores (at least 1).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU training: the model's threads. Default: the cores the loader workers leave.",
+)
 @click.option(
     "--cache-dir",
     default=None,
@@ -358,6 +375,7 @@ def main(verbose: int) -> None:
 @rank_errors
 @user_errors
 def run_cmd(
+    recipe: str | None,
     data: Path | None,
     out: Path,
     resume: Path | None,
@@ -366,6 +384,9 @@ def run_cmd(
     **options: object,
 ) -> None:
     """Train a model on --data, writing config.json, metrics.jsonl, last.pt, best.pt to --out."""
+    if recipe == "list":
+        _list_recipes()
+        return
     if options["arch"] == "list":
         from recordkit_train.models import ARCHS, min_image_size, supports_small_input
 
@@ -381,11 +402,13 @@ def run_cmd(
 
     if data is None and not options["synthetic"]:
         raise click.UsageError("--data is required (or use --synthetic)")
+    options["lr_step_epochs"] = _steps(lr_step_epochs)
+    if recipe is not None:
+        options = _apply_recipe(recipe, options)
     config = TrainConfig(
         data=str(data) if data is not None else None,
         out=str(out),
         resume=str(resume) if resume is not None else None,
-        lr_step_epochs=_steps(lr_step_epochs),
         **options,  # type: ignore[arg-type]
     )
     try:
@@ -393,6 +416,32 @@ def run_cmd(
     except Preempted as exc:
         click.echo(f"recordkit-train: {exc}", err=True)
         sys.exit(PREEMPTED_EXIT_CODE)
+
+
+def _list_recipes() -> None:
+    from recordkit_train.recipes import RECIPES
+
+    for r in RECIPES.values():
+        click.echo(f"{r.name}\t{r.summary}\n    {r.command()}")
+
+
+def _apply_recipe(name: str, options: dict[str, object]) -> dict[str, object]:
+    """The recipe's values under the options the user gave (command line or environment);
+    prints the resolved settings on rank 0."""
+    from click.core import ParameterSource
+
+    from recordkit_train.recipes import resolve_recipe
+
+    ctx = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) in given}
+    resolved = resolve_recipe(name, explicit)
+    if os.environ.get("RANK", "0") == "0":
+        shown = ", ".join(
+            f"{k}={v}{' (given)' if k in explicit else ''}" for k, v in resolved.items()
+        )
+        click.echo(f"recipe {name}: {shown}", err=True)
+    return {**options, **resolved}
 
 
 @main.command("eval", context_settings=CONTEXT_SETTINGS)

@@ -30,7 +30,7 @@ from recordkit_train.models import (
 from recordkit_train.optim import SCHEDULES, scaled_lr
 from recordkit_train.precision import PRECISIONS, resolve_precision
 
-__all__ = ["BASE_LR", "MAX_IMAGE_SIZE", "ConfigError", "TrainConfig"]
+__all__ = ["BASE_LR", "MAX_IMAGE_SIZE", "ConfigError", "TrainConfig", "cpu_threads"]
 
 BASE_LR = 0.256
 """Learning rate for a global batch of 256 images (scaled linearly with the batch)."""
@@ -66,6 +66,37 @@ def _fits(value: Any, annotation: str) -> bool:
                 return len(value) == 2 and all(type(v) in (int, float) and v == v for v in value)
             return not (isinstance(value, float) and value != value)  # NaN
     return False
+
+
+def cpu_threads(
+    workers: int | None, threads: int | None, cpus: int | None = None
+) -> tuple[int, int]:
+    """Loader workers and model threads for training on a CPU, so that together they use the
+    cores once: ``workers`` = a quarter of the cores (at least 1), ``threads`` = the rest.
+
+    On a CPU the loader's processes and the model's OpenMP threads share the same cores; with
+    PyTorch's default (one thread per core) plus the loader's default (one worker per core)
+    every core is claimed twice, and an OpenMP barrier that waits for a descheduled thread
+    stalls the whole step (docs/BENCHMARKS.md: 2 threads + 1 worker ran 5x slower than
+    1 + 1 on a busy 2-core machine). Tiny images need little loading: a quarter is plenty.
+
+    Args:
+        workers: Given loader workers, or None.
+        threads: Given model threads, or None.
+        cpus: Cores for this rank; default: the CPUs this process may use / ranks on the node.
+
+    Returns:
+        ``(workers, threads)``.
+    """
+    from recordkit.loaders.factory import local_world_size, usable_cpus
+
+    if cpus is None:
+        cpus = max(1, usable_cpus() // local_world_size())
+    if workers is None:
+        workers = max(1, cpus // 4)
+    if threads is None:
+        threads = max(1, cpus - workers)
+    return workers, threads
 
 
 class ConfigError(RecordkitError):
@@ -105,7 +136,10 @@ class TrainConfig:
             ``image_size`` <= 64 for those families, off otherwise. Checkpoints written before
             this option existed read as False.
         channels_last: NHWC memory format; None: on for CUDA, off otherwise.
-        workers: Loader workers per rank; None: the loader's default.
+        workers: Loader workers per rank; None: the loader's default on CUDA, and on a CPU
+            :func:`cpu_threads`'s share (the workers and the model share the cores there).
+        threads: Intra-op threads of the model on a CPU (``torch.set_num_threads``); None:
+            the cores left after the loader workers (:func:`cpu_threads`). Unused on CUDA.
         cache_dir: Shard cache for remote ``data`` (``s3://``, ``gs://``, ``https://``); None:
             ``RECORDKIT_CACHE``, else ``~/.cache/recordkit`` (``docs/REMOTE.md``).
         cache_limit: Most bytes the cache holds (``50GB``); None: ``RECORDKIT_CACHE_LIMIT``,
@@ -178,6 +212,7 @@ class TrainConfig:
     cache_dir: str | None = None
     cache_limit: str | None = None
     remote_read: str = "auto"
+    threads: int | None = None
     backend: str = "auto"
     gpu_decode: bool = False
     seed: int = 0
@@ -236,6 +271,8 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         for name in ("epochs", "batch_size", "image_size", "print_freq", "eval_every", "iters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -318,7 +355,7 @@ class TrainConfig:
 
         Returns:
             A copy with ``precision``, ``lr``, ``warmup_epochs``, ``channels_last`` and
-            ``small_input`` set.
+            ``small_input`` set, and on a CPU ``workers`` and ``threads`` (:func:`cpu_threads`).
 
         Raises:
             ConfigError: The precision is not available on ``device``.
@@ -342,8 +379,13 @@ class TrainConfig:
         small_input = self.small_input
         if small_input is None:
             small_input = default_small_input(self.arch, self.image_size)
+        workers, threads = self.workers, self.threads
+        if dev.type == "cpu":
+            workers, threads = cpu_threads(workers, threads)
         return dataclasses.replace(
             self,
+            workers=workers,
+            threads=threads,
             small_input=small_input,
             precision=precision,
             lr=lr,

@@ -632,6 +632,7 @@ def benchmark(config: TrainConfig, mode: str, *, device: str | None = None) -> d
     env = distributed.setup(device)
     try:
         cfg = config.resolved(env.device, env.world_size)
+        _set_threads(cfg)
         _seed_everything(cfg.seed)
         if env.device.type == "cuda" and not cfg.deterministic:
             torch.backends.cudnn.benchmark = True
@@ -670,8 +671,15 @@ def train(config: TrainConfig, *, device: str | None = None) -> dict[str, Any]:
         distributed.cleanup(env)
 
 
+def _set_threads(cfg: TrainConfig) -> None:
+    """On a CPU, the model's intra-op threads (:func:`recordkit_train.config.cpu_threads`)."""
+    if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
     cfg = config.resolved(env.device, env.world_size)
+    _set_threads(cfg)
     device = env.device
     _seed_everything(cfg.seed)
     if cfg.deterministic:
@@ -759,7 +767,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         _trim_metrics(out / "metrics.jsonl", start_epoch)
         trim_trace(out / "steps.jsonl", start_step + 1)
         logger.info(
-            "training %s on %d classes: %d ranks x %d images, %d iters/epoch, lr %.4g, %s (%s), %s",
+            "training %s on %d classes: %d ranks x %d images, %d iters/epoch, lr %.4g, %s (%s), "
+            "%s%s",
             cfg.arch,
             len(classes),
             env.world_size,
@@ -769,6 +778,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
             precision,
             "given" if config.precision else precision_reason(precision, device),
             device,
+            f" ({cfg.threads} threads, {cfg.workers} loader workers)" if cfg.threads else "",
         )
     reporter = Reporter(
         out,
