@@ -133,3 +133,37 @@ def test_torch_workers_survive_a_signal_to_the_process_group(shards: Path) -> No
         os.kill(child.pid, signal.SIGUSR1)
     rest = list(it)
     assert len(rest) == len(loader) - 1 and first[0].shape[0] == 4
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["left-open", "closed"])
+def test_a_process_with_open_loader_workers_exits(shards: Path, close: bool) -> None:
+    """The workers ignore SIGTERM (above), which is also what ``multiprocessing`` sends its
+    daemonic children at exit before joining them: a process leaving a loader open (a
+    preempted run, an exception) must still end, and ``close()`` stops the workers at once."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing
+        from recordkit.loaders import make_loader
+        loader = make_loader(
+            {str(shards)!r}, "train", backend="torch", batch_size=4, image_size=12,
+            train=True, drop_last=True, seed=5, device="cpu", epochs=2, num_workers=1,
+        )
+        loader.set_epoch(0)
+        it = iter(loader)
+        next(it)
+        assert multiprocessing.active_children()
+        if {close!r}:
+            loader.close()
+            assert not multiprocessing.active_children()
+        print("done", flush=True)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "done"

@@ -168,7 +168,10 @@ def test_stopped_and_resumed_equals_uninterrupted(
         _signal_at(m, step, signum)
         with pytest.raises(Preempted) as info:
             train(TrainConfig(data=str(data), out=str(tmp_path / "run"), **opts), device="cpu")
-    assert (info.value.epoch, info.value.batch) == divmod(step, N_TRAIN // BATCH), note
+    # a stop seen after an epoch's last step is that epoch's last batch, not the next epoch's
+    # first: validation of the epoch has not run yet
+    assert info.value.epoch * (N_TRAIN // BATCH) + info.value.batch == step, note
+    assert 0 < info.value.batch <= N_TRAIN // BATCH, note
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] * (N_TRAIN // BATCH) + state["batch"] == step, note
     assert len(_trace(tmp_path / "run")) == step, note

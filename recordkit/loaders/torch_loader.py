@@ -22,6 +22,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import gc
 import logging
@@ -388,6 +390,29 @@ def _freeze_gc_once() -> None:
         gc.freeze()
 
 
+_WORKER_PIDS: set[int] = set()  # this process's DataLoader workers (they ignore SIGTERM)
+
+
+def _reap_workers() -> None:
+    """At exit, end the workers still alive with SIGKILL: they ignore the SIGTERM that
+    ``multiprocessing``'s own exit handler sends its daemonic children before joining them,
+    so without this a process that exits with a loader still open would wait for ever."""
+    alive = {child.pid for child in mp.active_children()}  # only children not yet reaped
+    for pid in _WORKER_PIDS & alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    _WORKER_PIDS.clear()
+
+
+def _track_workers(iterator: Any) -> None:
+    """Remember the workers of a DataLoader iterator for :func:`_reap_workers`."""
+    if not _WORKER_PIDS:
+        atexit.register(_reap_workers)  # after multiprocessing's handler, so it runs before it
+    for worker in getattr(iterator, "_workers", ()):
+        if worker.pid is not None:
+            _WORKER_PIDS.add(worker.pid)
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGUSR1.
 
@@ -543,6 +568,18 @@ class TorchLoader:
             self._yielded += 1
             yield batch
 
+    def close(self) -> None:
+        """Stop the loader's worker processes now (the endless stream's, and persistent
+        ones) rather than when the loader is garbage-collected; a later epoch starts them
+        again."""
+        for it in (self._batches, getattr(self.loader, "_iterator", None)):
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        self._batches = None
+        if getattr(self.loader, "_iterator", None) is not None:
+            self.loader._iterator = None
+
     def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._share_index(self.sampler)
         feeder = self.feeder
@@ -551,6 +588,7 @@ class TorchLoader:
             # epochs reuse it), which pins for the device current now: make it ours.
             with on_device(self.device):
                 batches = iter(self.loader)
+            _track_workers(batches)
             if feeder is not None:  # after the workers are forked: no thread forked mid-lock
                 feeder.start(self.sampler.indices())
             taken = 0
@@ -588,6 +626,7 @@ class TorchLoader:
             # prefetched) and starts the stream again; see _iter_epoch for the device
             with on_device(self.device):
                 self._batches = iter(self.loader)
+            _track_workers(self._batches)
             self._stream_start, self._taken = epoch, start
         batches = self._batches
         for _ in range(per_epoch - start):
