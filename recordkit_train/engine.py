@@ -49,6 +49,7 @@ from recordkit_train.preemption import (
     Preempted,
     StepTrace,
     StopRequest,
+    trim_jsonl,
     trim_trace,
 )
 from recordkit_train.pretrained import setup_finetuning
@@ -364,17 +365,7 @@ def _train_step(
 
 def _trim_metrics(path: Path, start_epoch: int) -> None:
     """Keep only the rows of epochs before ``start_epoch`` (a fresh run keeps none)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if isinstance(row, dict) and int(row.get("epoch", start_epoch)) < start_epoch:
-            kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+    trim_jsonl(path, "epoch", start_epoch)
 
 
 def _resume_path(resume: str) -> Path:

@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recordkit.format.atomic import atomic_write_text
 from recordkit_train import distributed
 from recordkit_train.checkpoint import capture_rng, save_checkpoint, unwrap
 
@@ -59,6 +60,7 @@ __all__ = [
     "Preempted",
     "StepTrace",
     "StopRequest",
+    "trim_jsonl",
     "trim_trace",
 ]
 
@@ -315,9 +317,9 @@ class StepTrace:
         return {"steps": written}
 
 
-def trim_trace(path: Path, first_step: int) -> None:
-    """Keep the rows of ``steps.jsonl`` before global step ``first_step`` (1-based), atomically
-    enough for one writer: the file is rewritten in place."""
+def trim_jsonl(path: Path, key: str, first: int) -> None:
+    """Keep the rows of a JSON-lines file whose ``key`` is below ``first`` (a line cut short
+    by a kill or crash goes too); the file is replaced atomically (temp file + rename)."""
     if not path.is_file():
         return
     kept = []
@@ -325,10 +327,15 @@ def trim_trace(path: Path, first_step: int) -> None:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict) and int(row.get("step", first_step)) < first_step:
+            continue
+        if isinstance(row, dict) and int(row.get(key, first)) < first:
             kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+    atomic_write_text(path, "".join(kept))
+
+
+def trim_trace(path: Path, first_step: int) -> None:
+    """Keep the rows of ``steps.jsonl`` before global step ``first_step`` (1-based)."""
+    trim_jsonl(path, "step", first_step)
 
 
 def gather_to_all(obj: Any) -> list[Any]:
