@@ -84,6 +84,10 @@ def _options(backend: str) -> dict[str, Any]:
         "arch": "mobilenet_v3_small", "epochs": EPOCHS, "batch_size": BATCH, "image_size": 16,
         "precision": "fp32", "lr": 0.05, "warmup_epochs": 0.0, "backend": backend,
         "workers": 1, "print_freq": 2, "deterministic": True, "progress": False,
+        # the same intra-op threads in every run, whatever --workers: by default a CPU run
+        # gives the model the cores the workers leave, and another thread count sums in
+        # another order (not bitwise)
+        "threads": 1,
     }  # fmt: skip
 
 
