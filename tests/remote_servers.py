@@ -33,11 +33,26 @@ __all__ = [
     "FaultProxy",
     "MotoServer",
     "NginxServer",
+    "QuietHTTPServer",
     "free_port",
     "nginx_binary",
     "nginx_skip_reason",
     "upload_dir",
 ]
+
+
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a client hangs up.
+
+    Tests that fail uploads or reads on purpose make clients abort mid-request; the default
+    ``handle_error`` writes those resets to ``sys.stderr``, where an in-process ``CliRunner``
+    would capture them as part of the command's output.
+    """
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def free_port() -> int:
@@ -357,7 +372,7 @@ class FaultProxy:
             def do_HEAD(self) -> None:  # noqa: N802
                 self._handle(body=False)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
