@@ -6,6 +6,9 @@ Every record made here carries its index in its image bytes (``b"img17" * k``), 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -50,6 +53,32 @@ def assert_one_line_error(result, *needles: str) -> None:
     assert "Traceback" not in result.output
     for n in needles:
         assert n in lines[-1], lines[-1]
+
+
+def cli_without(module: str, *args: object) -> subprocess.CompletedProcess:
+    """``recordkit ARGS`` in a fresh interpreter where importing ``module`` fails, as when an
+    optional package is not installed (``sys.modules[module] = None`` also stops
+    ``importlib.import_module``, which fsspec uses to load a protocol's package)."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; from recordkit.cli import main; "
+        "main(sys.argv[1:])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def assert_one_line_stderr_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    """A subprocess result that failed with one ``Error: …`` line on stderr naming ``needles``."""
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
 
 
 def shard_name(split: str, i: int, n: int) -> str:
@@ -180,3 +209,56 @@ def moto_s3(moto_server, monkeypatch):
     fs.mkdir("recordkit-test")
     fsspec.filesystem("s3").invalidate_cache()
     yield moto_server
+    # the cached instance holds this fixture's endpoint: a later test with its own server
+    # (tests/test_pack_remote.py) would otherwise get it back from recordkit.open
+    type(fs).clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """``gcp-storage-emulator`` (a subprocess) for the whole session; skipped with the reason
+    when it or gcsfs is not installed."""
+    import importlib.util
+
+    for module, extra in (("gcp_storage_emulator", "gcp-storage-emulator"), ("gcsfs", "gcsfs")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{extra} is not installed (pip install -e '.[test]')")
+    from remote_servers import GcsServer
+
+    with GcsServer() as server:
+        # before gcsfs is first imported (see GcsServer.env): without it every call waits 60 s
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        yield server
+
+
+@pytest.fixture
+def gcs(gcs_server, monkeypatch):
+    """The GCS emulator with this process's environment and fsspec's ``gs`` defaults pointing
+    gcsfs at it (anonymous), and a fresh bucket ``gs://recordkit-test``; yields the server
+    (``gcs.env()`` for subprocesses)."""
+    for k, v in gcs_server.env().items():
+        monkeypatch.setenv(k, v)
+    import fsspec.config
+    import gcsfs
+
+    if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+        pytest.fail(
+            "gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set: its "
+            "bucket-type probe (gRPC) cannot reach the emulator"
+        )
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "project": "recordkit-test"})
+    gcs_server.reset()
+    fs = fsspec.filesystem("gs", skip_instance_cache=True)
+    fs.mkdir("recordkit-test")
+    fsspec.filesystem("gs").invalidate_cache()
+    yield gcs_server
+    type(fs).clear_instance_cache()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket_url(request) -> str:
+    """An empty bucket on a real server on 127.0.0.1 — moto (``s3://recordkit-test``) or the GCS
+    emulator (``gs://recordkit-test``) — with this process pointed at it; its URL. Tests that
+    take it run once per object store."""
+    request.getfixturevalue("moto_s3" if request.param == "s3" else "gcs")
+    return f"{request.param}://recordkit-test"

@@ -5,12 +5,14 @@
   access log of ``<status> <uri> <range>`` lines so tests count what was downloaded.
 - :class:`MotoServer`: ``moto`` in server mode (``python -m moto.server``) as a subprocess, an
   S3 endpoint that s3fs talks to over HTTP (no in-process patching).
+- :class:`GcsServer`: ``gcp-storage-emulator`` as a subprocess, a GCS JSON-API endpoint that
+  gcsfs talks to over HTTP (``STORAGE_EMULATOR_HOST``).
 - :class:`FaultProxy`: a small HTTP proxy in front of nginx that fails chosen requests on
   purpose (503, a reset connection, a body cut short) before passing the rest through, for the
   retry tests.
 
 Pytest fixtures wrapping these live in ``tests/conftest.py`` (``nginx``, ``moto_s3``,
-``fault_proxy``); other test modules import this module for the classes and helpers.
+``gcs``, ``fault_proxy``); other test modules import this module for the classes and helpers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 __all__ = [
     "FaultProxy",
+    "GcsServer",
     "MotoServer",
     "NginxServer",
     "QuietHTTPServer",
@@ -105,6 +108,47 @@ def nginx_skip_reason() -> str | None:
     return None
 
 
+class _ServerProcess:
+    """A server run as a subprocess listening on ``self.port`` of 127.0.0.1: :meth:`start`
+    spawns :meth:`command` with its output in a temporary file (shown if it dies before
+    listening), :meth:`stop` terminates it (kills it after 10 s); a context manager."""
+
+    name = "server"
+    start_timeout = 30.0
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        """The command line to run (after any setup the server needs)."""
+        raise NotImplementedError
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            self.command(), stdout=(log := _log_file()), stderr=subprocess.STDOUT
+        )
+        self.proc.log_file = log  # type: ignore[attr-defined]
+        _wait_port(self.port, self.proc, self.name, timeout=self.start_timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 _NGINX_CONF = """\
 worker_processes 1;
 {user}
@@ -132,7 +176,7 @@ http {{
 """
 
 
-class NginxServer:
+class NginxServer(_ServerProcess):
     """nginx serving ``root`` on ``http://127.0.0.1:<port>/``.
 
     Args:
@@ -140,11 +184,12 @@ class NginxServer:
         prefix: A directory for its config, pid file and logs.
     """
 
+    name = "nginx"
+
     def __init__(self, root: Path, prefix: Path) -> None:
+        super().__init__()
         self.root = Path(root)
         self.prefix = Path(prefix)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -154,7 +199,7 @@ class NginxServer:
     def access_log(self) -> Path:
         return self.prefix / "access.log"
 
-    def start(self) -> NginxServer:
+    def command(self) -> list[str]:
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError(nginx_skip_reason())
@@ -165,34 +210,8 @@ class NginxServer:
         conf.write_text(
             _NGINX_CONF.format(user=user, prefix=self.prefix, port=self.port, root=self.root)
         )
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "-p",
-                str(self.prefix),
-                "-c",
-                str(conf),
-                "-e",
-                str(self.prefix / "error.log"),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=(log := _log_file()),
-            stderr=subprocess.STDOUT,
-        )
-        self.proc.log_file = log  # type: ignore[attr-defined]
-        _wait_port(self.port, self.proc, "nginx")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        log = str(self.prefix / "error.log")
+        return [binary, "-p", str(self.prefix), "-c", str(conf), "-e", log, "-g", "daemon off;"]
 
     def log_lines(self) -> list[tuple[int, str, str, str]]:
         """The access log so far: ``(status, method, uri, range header or "-")`` per request.
@@ -224,23 +243,16 @@ class NginxServer:
             and (st == 200 or (st == 206 and rng.startswith("bytes=0-")))
         )
 
-    def __enter__(self) -> NginxServer:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class MotoServer:
+class MotoServer(_ServerProcess):
     """``moto`` in server mode on ``http://127.0.0.1:<port>`` (a subprocess).
 
     :meth:`env` is what a process needs for s3fs to talk to it (fake credentials, the
     endpoint through botocore's ``AWS_ENDPOINT_URL_S3``).
     """
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+    name = "moto_server"
+    start_timeout = 60.0
 
     @property
     def endpoint(self) -> str:
@@ -256,42 +268,70 @@ class MotoServer:
             "FSSPEC_S3_ENDPOINT_URL": self.endpoint,
         }
 
-    def start(self) -> MotoServer:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=(log := _log_file()),
-            stderr=subprocess.STDOUT,
-        )
-        self.proc.log_file = log  # type: ignore[attr-defined]
-        _wait_port(self.port, self.proc, "moto_server", timeout=60)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
     def reset(self) -> None:
         """Forget every bucket (moto's reset endpoint)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        conn.request("POST", "/moto-api/reset")
-        conn.getresponse().read()
-        conn.close()
+        _request(self.port, "POST", "/moto-api/reset")
 
-    def __enter__(self) -> MotoServer:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+class GcsServer(_ServerProcess):
+    """``gcp-storage-emulator`` (a pure-Python GCS JSON API server, in memory) on
+    ``http://127.0.0.1:<port>`` as a subprocess; gcsfs talks to it over HTTP.
+
+    :meth:`env` is what a process needs for gcsfs to use it: ``STORAGE_EMULATOR_HOST`` (gcsfs's
+    endpoint switch), anonymous credentials without probing for a GCE metadata server, and
+    gcsfs's experimental zonal/HNS bucket probe off (on by default since gcsfs 2025.x, it asks a
+    gRPC control-plane API that emulators do not serve, and waits 60 s for it on every call).
+    The last one is read when gcsfs is imported, so it must be in the environment before that.
+    """
+
+    name = "gcp-storage-emulator"
+    start_timeout = 60.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "STORAGE_EMULATOR_HOST": self.endpoint,
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            "FSSPEC_GS_TOKEN": "anon",
+            "FSSPEC_GS_PROJECT": "recordkit-test",
+            "NO_GCE_CHECK": "true",
+        }
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--in-memory",
+            "--quiet",
+        ]
+
+    def reset(self) -> None:
+        """Forget every bucket and object (the emulator's wipe endpoint)."""
+        _request(self.port, "GET", "/wipe")
+
+
+def _request(port: int, method: str, path: str) -> None:
+    """One request to a server on 127.0.0.1, its answer read and dropped."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path)
+    conn.getresponse().read()
+    conn.close()
 
 
 def upload_dir(local: Path, url: str) -> None:
-    """Copy every file of ``local`` to ``url`` (``s3://bucket/prefix``) with s3fs."""
+    """Copy every file of ``local`` to ``url`` (``s3://bucket/prefix``, ``gs://…``) with fsspec."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)

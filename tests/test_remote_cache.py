@@ -1,6 +1,6 @@
-"""The shard cache and remote training against real servers on 127.0.0.1 (nginx, moto):
-retries, one-line errors, nothing half-downloaded used, the limit held across an epoch, two
-processes sharing one cache without downloading a shard twice."""
+"""The shard cache and remote training against real servers on 127.0.0.1 (nginx, moto, the
+GCS emulator): retries, one-line errors, nothing half-downloaded used, the limit held across an
+epoch, two processes sharing one cache without downloading a shard twice."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def test_two_processes_share_one_cache_and_download_each_shard_once(served, ngin
         assert nginx.downloads(f"/{e.file}") == 1, e.file
 
 
-def test_s3_dataset_streams_through_the_cache(moto_s3, tmp_path):
+def test_object_store_dataset_streams_through_the_cache(bucket_url, tmp_path):
     from remote_servers import upload_dir
 
     local = write_shards(
@@ -283,9 +283,9 @@ def test_s3_dataset_streams_through_the_cache(moto_s3, tmp_path):
         {"train": [make_record(i) for i in range(N_TRAIN)]},
         records_per_shard=PER_SHARD,
     )
-    upload_dir(local, "s3://recordkit-test/ds")
+    upload_dir(local, f"{bucket_url}/ds")
     cache = ShardCache.create(tmp_path / "cache", 10**9)
-    split = cached_split(recordkit.open("s3://recordkit-test/ds")["train"], cache)
+    split = cached_split(recordkit.open(f"{bucket_url}/ds")["train"], cache)
     assert [split[i].index for i in range(N_TRAIN)] == list(range(N_TRAIN))
     assert len(list(cache.directory.rglob("*.tfrecord"))) == 8
 

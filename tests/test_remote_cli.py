@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, assert_one_line_stderr_error, cli_without
 from tinyrun import colour_shards
 
 from recordkit.cli import main
@@ -98,61 +98,74 @@ def test_cli_errors_are_one_line(nginx, tmp_path):
     assert res.exit_code != 0 and "Traceback" not in res.output
 
 
-def test_missing_backend_package_is_an_install_hint(monkeypatch):
-    import builtins
+def test_verify_and_inspect_on_object_stores(bucket_url, tmp_path):
+    from remote_servers import upload_dir
 
-    real = builtins.__import__
+    local = colour_shards(tmp_path / "ds", ["red", "green", "blue"], n_train=24, n_val=7)
+    upload_dir(local, f"{bucket_url}/cli")
+    url = f"{bucket_url}/cli/"
+    res = _run("verify", url, "-q")
+    assert res.exit_code == 0, res.output
+    assert res.output == _run("verify", local, "-q").output
+    remote = json.loads(_run("inspect", url, "--json", "-q").output)
+    here = json.loads(_run("inspect", local, "--json", "-q").output)
+    assert remote.pop("path") == url.rstrip("/") and here.pop("path") == str(local)
+    assert remote == here
+    assert_one_line_error(_run("verify", f"{bucket_url}/absent/"), "not found (404)")
+    missing = bucket_url.replace("recordkit-test", "no-such-bucket")
+    assert_one_line_error(
+        _run("inspect", f"{missing}/ds/"), f"{missing}/ds/recordkit.json", "not found (404)"
+    )
 
-    def no_gcsfs(name, *args, **kw):
-        if name.startswith("gcsfs"):
-            raise ImportError("No module named 'gcsfs'")
-        return real(name, *args, **kw)
 
-    monkeypatch.setattr(builtins, "__import__", no_gcsfs)
-    res = _run("inspect", "gs://bucket/ds/")
-    assert_one_line_error(res, "pip install 'recordkit[gcs]'")
+def test_missing_backend_package_is_an_install_hint():
+    res = cli_without("gcsfs", "inspect", "gs://bucket/ds/")
+    assert_one_line_stderr_error(res, "gs://", "pip install 'recordkit[gcs]'")
 
 
 @pytest.mark.slow
-def test_train_run_on_https_and_s3(served, moto_s3, tmp_path):
+@pytest.mark.parametrize("store", ["https", "s3", "gs"])
+def test_train_run_on_urls(store, served, request, tmp_path):
     from remote_servers import upload_dir
 
-    local, url = served
-    upload_dir(local, "s3://recordkit-test/cli")
-    for data in (url, "s3://recordkit-test/cli/"):
-        out = tmp_path / data.split(":")[0]
-        res = CliRunner().invoke(
-            train_main,
-            [
-                "run",
-                "--data",
-                data,
-                "--out",
-                str(out),
-                "--arch",
-                "resnet18",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
-                "--image-size",
-                "32",
-                "--precision",
-                "fp32",
-                "--workers",
-                "0",
-                "--backend",
-                "torch",
-                "--device",
-                "cpu",
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--cache-limit",
-                "5MB",
-            ],
-            catch_exceptions=False,
-        )
-        assert res.exit_code == 0, res.output
-        config = json.loads((out / "config.json").read_text())
-        assert config["data"] == data and config["cache_limit"] == "5MB"
-        assert (out / "last.pt").exists()
+    local, data = served
+    if store != "https":
+        request.getfixturevalue({"s3": "moto_s3", "gs": "gcs"}[store])
+        data = f"{store}://recordkit-test/cli/"
+        upload_dir(local, data)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        train_main,
+        [
+            "run",
+            "--data",
+            data,
+            "--out",
+            str(out),
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "32",
+            "--precision",
+            "fp32",
+            "--workers",
+            "0",
+            "--backend",
+            "torch",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--cache-limit",
+            "5MB",
+        ],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == data and config["cache_limit"] == "5MB"
+    assert (out / "last.pt").exists()

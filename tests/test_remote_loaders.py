@@ -1,5 +1,6 @@
-"""make_loader on a split served by nginx: the same pixels and labels as the local split,
-every training record once per epoch, the cache under its limit; DALI reads the cache."""
+"""make_loader on a split served by nginx (and in s3:// / gs:// buckets): the same pixels and
+labels as the local split, every training record once per epoch, the cache under its limit;
+DALI reads the cache."""
 
 from __future__ import annotations
 
@@ -98,6 +99,25 @@ def test_cache_limit_below_three_shards_is_one_clear_error(served, tmp_path):
     with pytest.raises(Exception, match="cache limit too small") as err:
         _loader(url, "train", remote=opts)
     assert "\n" not in str(err.value)
+
+
+def test_object_store_training_epoch_through_the_cache(bucket_url, tmp_path):
+    """An epoch over s3:// or gs:// streams every shard through the cache: each training record
+    once, with its label, and the cache holds the downloaded shards."""
+    from remote_servers import upload_dir
+
+    local = write_shards(
+        tmp_path / "ds", {"train": [png_record(i) for i in range(NUM_TRAIN)]}, records_per_shard=4
+    )
+    upload_dir(local, f"{bucket_url}/ds")
+    opts = RemoteOptions(cache_dir=tmp_path / "c", cache_limit=10**8, read="cache")
+    ld = _loader(f"{bucket_url}/ds/", "train", remote=opts, drop_last=False)
+    ld.set_epoch(1)
+    ids, labels, _ = collect(ld)
+    assert sorted(ids) == list(range(NUM_TRAIN))
+    assert dict(zip(ids, labels, strict=True)) == {i: i % 3 for i in range(NUM_TRAIN)}
+    cached = sorted(p.name for p in (tmp_path / "c").rglob("train-*.tfrecord"))
+    assert cached == sorted(p.name for p in local.glob("train-*.tfrecord"))
 
 
 @pytest.mark.dali

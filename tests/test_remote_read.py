@@ -1,4 +1,5 @@
-"""recordkit.open on URLs: nginx (http range reads) and moto (s3fs), values checked exactly."""
+"""recordkit.open on URLs: nginx (http range reads), moto (s3fs) and the GCS emulator (gcsfs),
+values checked exactly."""
 
 from __future__ import annotations
 
@@ -103,20 +104,32 @@ def test_corrupt_remote_record_names_file_and_offset(http_ds, nginx):
         ds["train"][9]
 
 
-def test_s3_open_random_access_and_iteration(moto_s3, tmp_path):
+def test_object_store_open_random_access_and_iteration(bucket_url, tmp_path):
     from remote_servers import upload_dir
 
     _dataset(tmp_path / "ds")
-    upload_dir(tmp_path / "ds", "s3://recordkit-test/ds")
-    ds = recordkit.open("s3://recordkit-test/ds/")
+    upload_dir(tmp_path / "ds", f"{bucket_url}/ds")
+    ds = recordkit.open(f"{bucket_url}/ds/")
     assert len(ds["train"]) == 22
     assert [ds["train"][i].index for i in (0, 7, 21)] == [0, 7, 21]
     assert [r.index for r in ds["val"]] == list(range(100, 107))
+    local = recordkit.open(tmp_path / "ds")
+    assert [r.read_bytes(j) for r in ds["train"].readers for j in range(len(r))] == [
+        r.read_bytes(j) for r in local["train"].readers for j in range(len(r))
+    ]
 
 
-def test_s3_missing_dataset(moto_s3):
-    with pytest.raises(ManifestError, match=r"s3://recordkit-test/none/recordkit.json: not found"):
-        recordkit.open("s3://recordkit-test/none/")
+def test_object_store_missing_dataset(bucket_url):
+    with pytest.raises(ManifestError, match=rf"{bucket_url}/none/recordkit.json: not found"):
+        recordkit.open(f"{bucket_url}/none/")
+
+
+def test_object_store_missing_bucket_is_one_line_naming_the_url(bucket_url):
+    url = bucket_url.replace("recordkit-test", "no-such-bucket")
+    with pytest.raises(ManifestError) as err:
+        recordkit.open(f"{url}/ds/")
+    assert str(err.value).startswith(f"{url}/ds/recordkit.json: not found (404)")
+    assert "\n" not in str(err.value)
 
 
 def test_s3_without_credentials_is_one_line(moto_s3, tmp_path):
