@@ -34,6 +34,7 @@ from recordkit.pack.remote import RemoteOutput
 from recordkit.pack.state import (
     DoneShard,
     StateFile,
+    already_packed,
     check_classes,
     drop_split_from_manifest,
     finished_shards,
@@ -85,7 +86,6 @@ def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneSha
     Returns ``None`` when the split is already packed with the same fingerprint (``resume``).
     """
     existing = read_existing_manifest(out)
-    packed = existing is not None and plan.name in existing.splits
     owned = _owned(plan, opts.part)
     single = opts.part[1] == 1
     own_state = out / state_name(plan.name, opts.part)
@@ -101,21 +101,10 @@ def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneSha
         drop_split_from_manifest(out, plan.name)
         _remove(leftovers)
         return {}
+    if already_packed(existing, plan, str(out), resume=opts.resume):
+        return None
     if opts.resume:
-        if packed:
-            assert existing is not None
-            old = (existing.pack.get("splits") or {}).get(plan.name) or {}
-            if old.get("fingerprint") == plan.fingerprint:
-                return None
-            raise PackError(
-                f"split {plan.name!r} in {out} was packed from other lists or options; "
-                "use --overwrite to replace it"
-            )
         return finished_shards(out, plan)
-    if packed:
-        raise PackError(
-            f"split {plan.name!r} is already packed in {out}; use --overwrite to replace it"
-        )
     if leftovers:
         raise PackError(
             f"{out} holds an unfinished pack of split {plan.name!r} ({leftovers[0].name}); "

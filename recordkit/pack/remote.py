@@ -20,6 +20,7 @@ from recordkit.pack.options import PackError, PackOptions
 from recordkit.pack.plan import SplitPlan
 from recordkit.pack.state import (
     DoneShard,
+    already_packed,
     drop_split_from_manifest,
     finished_shards,
     parse_state,
@@ -164,16 +165,9 @@ class RemoteOutput:
             self._uploaded[plan.name] = {}
             self._save_state(plan.name)
             return {}
+        if already_packed(existing, plan, self.url, resume=opts.resume):
+            return None
         if opts.resume:
-            if packed:
-                assert existing is not None
-                old = (existing.pack.get("splits") or {}).get(plan.name) or {}
-                if old.get("fingerprint") == plan.fingerprint:
-                    return None
-                raise PackError(
-                    f"split {plan.name!r} in {self.url} was packed from other lists or options; "
-                    "use --overwrite to replace it"
-                )
             uploaded = self._uploaded_shards(plan)
             self._uploaded[plan.name] = dict(uploaded)
             local = finished_shards(out, plan, ignore=frozenset(uploaded))
@@ -181,11 +175,6 @@ class RemoteOutput:
                 logger.info("uploading %s, packed before the interruption", shard.entry.file)
                 self.shard_done(plan.name, k, shard)
             return {**local, **uploaded}
-        if packed:
-            raise PackError(
-                f"split {plan.name!r} is already packed in {self.url}; use --overwrite to "
-                "replace it"
-            )
         leftovers = self._remote_leftovers(plan.name)
         if leftovers:
             raise PackError(

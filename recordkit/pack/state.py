@@ -33,6 +33,7 @@ from recordkit.pack.plan import SplitPlan
 
 __all__ = [
     "DoneShard",
+    "already_packed",
     "drop_split_from_manifest",
     "merge_parts",
     "packed_outside",
@@ -219,6 +220,33 @@ def finished_shards(
 def read_existing_manifest(out: Path) -> Manifest | None:
     """The manifest already in ``out``, or ``None``."""
     return existing_manifest(out, PackError)
+
+
+def already_packed(existing: Manifest | None, plan: SplitPlan, place: str, *, resume: bool) -> bool:
+    """Whether ``plan``'s split is packed already in the manifest ``existing`` (of ``place``: a
+    directory or URL, for messages) and ``resume`` asks to keep it as it is.
+
+    Returns:
+        True: packed with the same fingerprint and ``resume`` (nothing to do); False: the split
+        is not in the manifest.
+
+    Raises:
+        PackError: The split is packed there but ``resume`` is off, or it was packed from
+            other lists or options.
+    """
+    if existing is None or plan.name not in existing.splits:
+        return False
+    if not resume:
+        raise PackError(
+            f"split {plan.name!r} is already packed in {place}; use --overwrite to replace it"
+        )
+    old = (existing.pack.get("splits") or {}).get(plan.name) or {}
+    if old.get("fingerprint") == plan.fingerprint:
+        return True
+    raise PackError(
+        f"split {plan.name!r} in {place} was packed from other lists or options; "
+        "use --overwrite to replace it"
+    )
 
 
 def check_classes(existing: Manifest, classes: list[str], from_dirs: bool, out: Path) -> list[str]:
