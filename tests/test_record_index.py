@@ -46,6 +46,13 @@ def test_record_index_is_a_sequence_of_offset_size_pairs() -> None:
         idx[3]
     with pytest.raises(IndexError):
         idx[-4]
+    # the byte range a reader's read_bytes reads, its errors naming the shard
+    assert idx.span(0) == (0, 20) and idx.span(-1) == (55, 71) and idx.span(np.int64(1)) == (20, 55)
+    assert all(type(v) is int for v in idx.span(2))
+    with pytest.raises(
+        IndexError, match=r"^record -4 out of range for s3://b/x.tfrecord \(3 records\)$"
+    ):
+        idx.span(-4, "s3://b/x.tfrecord")
     with pytest.raises(ValueError):  # read-only: nothing can change it behind a reader's back
         idx.offsets[0] = 5
 

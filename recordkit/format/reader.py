@@ -122,13 +122,7 @@ class ShardReader:
             IndexError: ``i`` is out of range.
             CorruptRecordError: The record is damaged or disagrees with the index.
         """
-        entries = self.entries
-        n = len(entries)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"record {i} out of range for {self.path} ({n} records)")
-        offset, end = entries.offsets[i : i + 2].tolist()
+        offset, end = self.entries.span(i, self.path)
         fd = self._ensure_open()
         assert self._size is not None
         return framing.read_record_at(

@@ -129,14 +129,28 @@ class RecordIndex(Sequence[tuple[int, int]]):
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
+        start, stop = self.span(i)
+        return start, stop - start
+
+    def span(self, i: int, path: object = None) -> tuple[int, int]:
+        """Bytes ``[start, stop)`` of record ``i`` in its shard (a negative ``i`` counts from
+        the end), as the readers' ``read_bytes`` need them.
+
+        >>> RecordIndex.from_entries([(0, 20), (20, 35)]).span(-1)
+        (20, 55)
+
+        Raises:
+            IndexError: ``i`` is out of range; the message names ``path`` (the shard) if given.
+        """
         n = len(self.offsets) - 1
         k = i.__index__()
         if k < 0:
             k += n
         if not 0 <= k < n:
-            raise IndexError(f"record {i} out of range ({n} records)")
+            where = "" if path is None else f" for {path}"
+            raise IndexError(f"record {i} out of range{where} ({n} records)")
         start, stop = self.offsets[k : k + 2].tolist()
-        return start, stop - start
+        return start, stop
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for lo in range(0, len(self), _CHUNK):

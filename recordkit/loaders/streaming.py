@@ -201,13 +201,7 @@ class CachedShardReader(ShardReader):
         )
 
     def read_bytes(self, i: int) -> bytes:
-        entries = self.entries
-        n = len(entries)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"record {i} out of range for {self.remote.path} ({n} records)")
-        offset, end = entries.offsets[i : i + 2].tolist()
+        offset, end = self.entries.span(i, self.remote.path)
         for _ in range(3):  # evicted between the check and the open: fetch again
             self.ensure()
             try:

@@ -72,13 +72,7 @@ class RemoteShardReader(ShardReader):
         return self._entries
 
     def read_bytes(self, i: int) -> bytes:
-        entries = self.entries
-        n = len(entries)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"record {i} out of range for {self.path} ({n} records)")
-        offset, end = entries.offsets[i : i + 2].tolist()
+        offset, end = self.entries.span(i, self.path)
         buf = read_range(self.path, offset, end, fs=self._filesystem())
         return framing.unframe(
             buf, offset, self.file_size, path=self.path, verify_crc=self.verify_crc
