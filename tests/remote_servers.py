@@ -114,11 +114,16 @@ class _ServerProcess:
     listening), :meth:`stop` terminates it (kills it after 10 s); a context manager."""
 
     name = "server"
-    start_timeout = 30.0
+    start_timeout = 60.0
 
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         """The command line to run (after any setup the server needs)."""
@@ -193,7 +198,7 @@ class NginxServer(_ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.endpoint
 
     @property
     def access_log(self) -> Path:
@@ -252,11 +257,6 @@ class MotoServer(_ServerProcess):
     """
 
     name = "moto_server"
-    start_timeout = 60.0
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -288,11 +288,6 @@ class GcsServer(_ServerProcess):
     """
 
     name = "gcp-storage-emulator"
-    start_timeout = 60.0
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         return {
