@@ -262,3 +262,15 @@ def bucket_url(request) -> str:
     take it run once per object store."""
     request.getfixturevalue("moto_s3" if request.param == "s3" else "gcs")
     return f"{request.param}://recordkit-test"
+
+
+@pytest.fixture
+def gcs_proxy(gcs, monkeypatch):
+    """A :class:`upload_proxy.Proxy` in front of the GCS emulator, gcsfs pointed at it (it reads
+    ``STORAGE_EMULATOR_HOST`` on every request): tests add faults (403, 503) to its requests."""
+    from upload_proxy import Proxy
+
+    proxy = Proxy(gcs.endpoint)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    yield proxy
+    proxy.close()

@@ -509,3 +509,21 @@ def test_pack_to_missing_gs_bucket_is_one_line_404(gs_env, data):
     prefix, root, _ = data
     res = run_cli("pack", prefix, root, "--out", "gs://no-such-bucket/ds/", "--shard-size", 2)
     assert_one_line_error(res, "gs://no-such-bucket/", "not found (404)")
+
+
+def test_pack_to_gs_403_is_one_line_before_packing(gs_env, gcs_proxy, data):
+    gcs_proxy.faults.append(Fault("POST", r"^/upload/", status=403))
+    prefix, root, _ = data
+    res = run_cli("pack", prefix, root, "--out", GS_URL, "--shard-size", 2)
+    assert_one_line_error(res, "gs://recordkit-test/ds/.pack-state.", "access denied (403)")
+    assert gcs_proxy.faults[0].hits == 1  # not retried, and no shard went up
+
+
+def test_pack_to_gs_retries_a_transient_503(gs_env, gcs_proxy, data, tmp_path):
+    fault = Fault("POST", r"^/upload/", status=503, times=2)
+    gcs_proxy.faults.append(fault)
+    prefix, root, reference = data
+    res = run_cli("pack", prefix, root, "--out", GS_URL, "--shard-size", 2, "-q")
+    assert res.exit_code == 0, res.output
+    assert fault.hits == 2
+    assert shard_bytes(gs_download(tmp_path / "downloaded")) == shard_bytes(reference)

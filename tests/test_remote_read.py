@@ -132,6 +132,30 @@ def test_object_store_missing_bucket_is_one_line_naming_the_url(bucket_url):
     assert "\n" not in str(err.value)
 
 
+def test_gs_403_is_one_line_and_not_retried(gcs_proxy):
+    from upload_proxy import Fault
+
+    fault = Fault("GET", r"/ds%2Frecordkit\.json$", status=403)
+    gcs_proxy.faults.append(fault)
+    with pytest.raises(RemoteError) as err:
+        recordkit.open("gs://recordkit-test/ds/")
+    assert err.value.status == 403 and fault.hits == 1
+    assert str(err.value).startswith("gs://recordkit-test/ds/recordkit.json: access denied (403)")
+    assert "\n" not in str(err.value)
+
+
+def test_gs_transient_503_is_retried(gcs_proxy, tmp_path):
+    from remote_servers import upload_dir
+    from upload_proxy import Fault
+
+    _dataset(tmp_path / "ds")
+    upload_dir(tmp_path / "ds", "gs://recordkit-test/ds")
+    fault = Fault("GET", r"train-00001-of-00005\.tfrecord$", status=503, times=1)
+    gcs_proxy.faults.append(fault)
+    ds = recordkit.open("gs://recordkit-test/ds/")
+    assert ds["train"][6].image == make_record(6).image and fault.hits == 1
+
+
 def test_s3_without_credentials_is_one_line(moto_s3, tmp_path):
     from remote_servers import upload_dir
 

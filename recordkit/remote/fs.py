@@ -97,6 +97,8 @@ def _status(exc: BaseException) -> int | None:
         value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if isinstance(value, int):
             return value
+    if type(exc) is OSError and str(exc).startswith("Forbidden: "):
+        return 403  # gcsfs raises a bare OSError("Forbidden: <request URL>\n<body>") for 403
     return None
 
 
