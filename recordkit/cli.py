@@ -154,11 +154,11 @@ def main(verbose: int) -> None:
     recordkit verify shards/
     recordkit inspect shards/ --json
     """
-    import logging
     import warnings
 
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from recordkit.logsetup import setup_logging
+
+    setup_logging(verbose)
     # Pillow warns (two lines on stderr) above 89 Mpx; recordkit's own limits decide instead
     # and say so in the skip reason (recordkit.memory).
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")

@@ -22,6 +22,7 @@ import click
 
 from recordkit import __version__
 from recordkit.cli import DatasetLocation, user_errors
+from recordkit.logsetup import setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,8 +51,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 def _setup_logging(verbose: int) -> None:
     """Progress lines as plain text on stderr; library warnings with their level and name."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    level = setup_logging(verbose)
     engine = logging.getLogger("recordkit_train.engine")
     if not any(getattr(h, "_recordkit_plain", False) for h in engine.handlers):
         handler = logging.StreamHandler(sys.stderr)

@@ -169,3 +169,52 @@ def test_train_run_on_urls(store, served, request, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["data"] == data and config["cache_limit"] == "5MB"
     assert (out / "last.pt").exists()
+
+
+def test_unresolvable_host_is_one_line_without_retries(monkeypatch):
+    """A host name that cannot resolve (``.invalid`` never does, RFC 2606) fails at once with
+    one line, instead of being retried as a transient network error."""
+    from recordkit.remote import fs as remote_fs
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(remote_fs.time, "sleep", sleeps.append)
+    res = _run("inspect", "https://recordkit-test.invalid/ds/")
+    assert_one_line_error(res, "https://recordkit-test.invalid/ds/", "cannot resolve the host")
+    assert sleeps == []
+
+
+def test_failed_lookups_are_classified_unresolvable_through_wrappers():
+    import socket
+
+    import aiohttp
+
+    from recordkit.remote.fs import classify
+
+    lookup = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert classify(lookup) == ("unresolvable", None)
+    wrapped = aiohttp.ClientConnectorDNSError(None, lookup)
+    assert classify(wrapped) == ("unresolvable", None)
+    try:
+        try:
+            raise lookup
+        except OSError as exc:
+            raise OSError("connect failed") from exc
+    except OSError as chained:
+        assert classify(chained) == ("unresolvable", None)
+    # a refused connection is still transient, and an HTTP status wins over the chain
+    assert classify(ConnectionRefusedError(111, "refused"))[0] == "transient"
+
+
+def test_storage_client_tracebacks_stay_quiet_below_verbose():
+    import logging
+
+    from recordkit.logsetup import setup_logging
+
+    try:
+        setup_logging(0)
+        assert not logging.getLogger("gcsfs").isEnabledFor(logging.ERROR)
+        assert logging.getLogger("recordkit").isEnabledFor(logging.WARNING)
+        setup_logging(1)
+        assert logging.getLogger("gcsfs").isEnabledFor(logging.ERROR)
+    finally:
+        logging.getLogger("gcsfs").setLevel(logging.NOTSET)

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -102,9 +103,27 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
+def _unresolvable(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or wraps) a failed host-name lookup: not worth retrying for minutes.
+
+    aiohttp raises ``ClientConnectorDNSError`` around the resolver's ``socket.gaierror``; other
+    stacks raise the ``gaierror`` itself or chain it.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, socket.gaierror) or type(exc).__name__ == "ClientConnectorDNSError":
+            return True
+        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+    return False
+
+
 def classify(exc: BaseException) -> tuple[str, int | None]:
-    """``("missing" | "denied" | "transient" | "fatal", status)`` for a failed remote call."""
+    """``("missing" | "denied" | "unresolvable" | "transient" | "fatal", status)`` for a failed
+    remote call."""
     status = _status(exc)
+    if status is None and _unresolvable(exc):
+        return "unresolvable", None
     if isinstance(exc, FileNotFoundError) or status == 404:
         return "missing", 404
     if isinstance(exc, PermissionError) or status in (401, 403):
@@ -165,6 +184,10 @@ def with_retries(
             if kind == "denied":
                 raise RemoteError(
                     url, f"access denied ({status}); check the credentials and permissions", status
+                ) from None
+            if kind == "unresolvable":
+                raise RemoteError(
+                    url, "cannot resolve the host name; check the URL and the network"
                 ) from None
             detail = " ".join(str(exc).split())[:160] or type(exc).__name__
             if kind == "fatal":
