@@ -23,6 +23,7 @@ import copy
 import logging
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,7 +359,9 @@ class StreamedBatches:
 
     A :class:`ShardFeeder` downloads the epoch's shards ahead of the reads, within ``budget``,
     and a shard is released as soon as the last batch that reads it has been handed to DALI
-    (which holds the bytes from then on), so the cache can evict it.
+    (which holds the bytes from then on), so the cache can evict it. Batch ``k + 1`` is read
+    on a thread while DALI works on batch ``k`` (the call for it then only takes it), so the
+    reads and parsing (~0.1 ms a record) overlap the training step instead of adding to it.
 
     Args:
         split: The remote split read through the cache (:func:`cached_split`).
@@ -374,24 +377,22 @@ class StreamedBatches:
         self.sampler = copy.copy(sampler)
         self.batch_size = batch_size
         self.feeder = ShardFeeder(split, budget)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one call at a time; the read-ahead runs under it too
         self._next: tuple[int, int] | None = None  # (epoch, record) the feeder expects next
         self._base = 0  # the record of the epoch's order the feeder started at
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, int, Future[_Batch]] | None = None  # (epoch, k, its read)
 
     def source(self, epoch: int) -> _EpochSource:
         """The ``fn.external_source`` callable of epoch ``epoch``."""
         return _EpochSource(self, epoch)
 
-    def order(self, epoch: int) -> np.ndarray:
-        """This rank's record indices in epoch ``epoch``, in reading order."""
-        with self._lock:
-            return self._order(epoch)
+    def batches(self) -> int:
+        """Batches per epoch: full ones only with ``drop_last``, else the last one partial."""
+        n, b = len(self.sampler), self.batch_size
+        return n // b if self.sampler.drop_last else -(-n // b)
 
-    def _order(self, epoch: int) -> np.ndarray:
-        self.sampler.set_epoch(epoch)
-        return self.sampler.indices()
-
-    def batch(self, epoch: int, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def batch(self, epoch: int, k: int) -> _Batch:
         """Batch ``k`` of epoch ``epoch``: ``(encoded images, labels)`` (see the class).
 
         Raises:
@@ -400,21 +401,43 @@ class StreamedBatches:
             Exception: What stopped the feeder (a remote error, a corrupt download).
         """
         with self._lock:
-            order = self._order(epoch)
-            lo = k * self.batch_size
-            if not 0 <= lo < len(order):
-                raise IndexError(f"no batch {k} in epoch {epoch} ({len(order)} records)")
-            hi = min(lo + self.batch_size, len(order))
-            if self._next != (epoch, lo):  # a new pass, or a resume mid-epoch
-                self.feeder.start(order[lo:])
-                self._base = lo
-            images, labels = [], []
-            for i in order[lo:hi].tolist():
-                image, label = self._record(i)
-                images.append(image)
-                labels.append(label)
-            self._next = (epoch, hi)
-            self.feeder.consumed(hi - self._base)  # DALI copies the arrays: done with them
+            ahead = self._take_ahead()
+            if ahead is not None and ahead[:2] == (epoch, k):
+                out = ahead[2].result()  # raises what the read raised
+            else:
+                out = self._read(epoch, k)
+            if k + 1 < self.batches():
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="recordkit-source")
+                self._ahead = (epoch, k + 1, self._pool.submit(self._read, epoch, k + 1))
+        return out
+
+    def _take_ahead(self) -> tuple[int, int, Future[_Batch]] | None:
+        """The read-ahead, finished (one for another batch: waited for and its error dropped)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            wait([ahead[2]])
+        return ahead
+
+    def _read(self, epoch: int, k: int) -> _Batch:
+        """Read batch ``k`` of ``epoch`` (one read at a time: under the lock or as the read-ahead,
+        which every call waits for first)."""
+        self.sampler.set_epoch(epoch)
+        order = self.sampler.indices()[: self.batches() * self.batch_size]
+        lo = k * self.batch_size
+        if not 0 <= lo < len(order):
+            raise IndexError(f"no batch {k} in epoch {epoch} ({len(order)} records)")
+        hi = min(lo + self.batch_size, len(order))
+        if self._next != (epoch, lo):  # a new pass, or a resume mid-epoch
+            self.feeder.start(order[lo:])
+            self._base = lo
+        images, labels = [], []
+        for i in order[lo:hi].tolist():
+            image, label = self._record(i)
+            images.append(image)
+            labels.append(label)
+        self._next = (epoch, hi)
+        self.feeder.consumed(hi - self._base)  # the arrays hold the bytes: done with the shards
         pad = self.batch_size - len(images)
         return images + images[-1:] * pad, labels + labels[-1:] * pad
 
@@ -432,10 +455,18 @@ class StreamedBatches:
         return np.frombuffer(image, np.uint8), np.array(labels, np.int64)
 
     def close(self) -> None:
-        """Stop the feeder and release its pins (a later batch starts it again)."""
+        """Drop the read-ahead, stop the feeder and release its pins (a later batch starts
+        them again)."""
         with self._lock:
+            self._take_ahead()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             self.feeder.stop()
             self._next = None
+
+
+_Batch = tuple[list[np.ndarray], list[np.ndarray]]
 
 
 class _EpochSource:
@@ -445,5 +476,5 @@ class _EpochSource:
         self.batches = batches
         self.epoch = epoch
 
-    def __call__(self, iteration: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def __call__(self, iteration: int) -> _Batch:
         return self.batches.batch(self.epoch, iteration)
