@@ -658,20 +658,32 @@ class DaliLoader:
         return max(1, min(self.prefetch, len(self)))
 
     def _start(
-        self, epoch: int, *, depth: int | None = None, checkpoint: bytes | None = None
+        self,
+        epoch: int,
+        *,
+        depth: int | None = None,
+        checkpoint: bytes | None = None,
+        run: bool = True,
     ) -> Pipeline:
-        """Build ``epoch``'s pipeline and start its first ``depth`` batches."""
+        """Build ``epoch``'s pipeline and (``run``) start its first ``depth`` batches."""
         pipe = self.pipeline(epoch, depth=depth, checkpoint=checkpoint)
-        pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
+        if run:
+            pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
         return pipe
 
     def _prepare_ahead(self, epoch: int) -> None:
-        """Build and start ``epoch``'s pipeline on the background thread, unless past the end."""
+        """Build and start ``epoch``'s pipeline on the background thread, unless past the end.
+
+        A streamed split's pipeline is built but not started: its first batches would
+        download the epoch's first window of shards into the cache now, while the validation
+        that usually comes between the epochs streams its own shards through the same
+        limited cache (:meth:`_acquire` starts it)."""
         if self.epochs is not None and epoch >= self.epochs:
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="recordkit-dali-build")
-        self._ahead = _Ahead(epoch, self._executor.submit(self._start, epoch))
+        run = self.stream is None
+        self._ahead = _Ahead(epoch, self._executor.submit(self._start, epoch, run=run))
 
     def _take_ahead(self, epoch: int) -> Pipeline | None:
         """The pipeline started ahead for ``epoch``, else None; joins the builder thread.
@@ -743,6 +755,8 @@ class DaliLoader:
             return pipe, start, self._depth
         pipe = self._take_ahead(epoch)
         if pipe is not None:
+            if self.stream is not None:
+                pipe.schedule_run()  # built ahead, not started (_prepare_ahead)
             return pipe, 0, self._depth
         if not self.reuse:
             return self._start(epoch), 0, self._depth
