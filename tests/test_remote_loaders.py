@@ -261,3 +261,59 @@ def test_dali_stream_error_is_the_remote_error(served, tmp_path, nginx):
     with pytest.raises(Exception, match="val-00002-of-00006.tfrecord"):
         collect(ld)
     shutil.rmtree(copy, ignore_errors=True)
+
+
+def _cached(directory, split):
+    return sorted(p.name for p in directory.rglob(f"{split}-*.tfrecord"))
+
+
+def _backend_kw(backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+        return {"backend": "dali", "device": "cpu", "num_workers": 1}
+    return {"backend": "torch", "num_workers": 0}
+
+
+BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.dali)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pass_left_midway_then_close_pins_nothing(served, tmp_path, backend):
+    """A pass abandoned after one batch (a stop request) and close(): every cached shard can
+    be evicted again, so a later loader on the same cache (a resume in the same process) finds
+    room."""
+    local, url = served
+    limit = 3 * _largest(local, "train") + 100
+    opts = RemoteOptions(cache_dir=tmp_path / "c", cache_limit=limit)
+    kw = _backend_kw(backend)
+    ld = _loader(url, "train", remote=opts, train=True, **kw)
+    it = iter(ld)
+    next(it)
+    ld.close()
+    cache = ShardCache.create(tmp_path / "c", limit)
+    cached = list((tmp_path / "c").rglob("train-*.tfrecord"))
+    assert cached and all(cache._evict(p) for p in cached)
+    del it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_mid_epoch_resume_fetches_only_the_shards_still_to_read(served, tmp_path, backend):
+    """Resumed at batch 4 of an unshuffled epoch (batches of 4, shards of 4 records): the
+    loader downloads shards 4.. only, and yields records 16.. ."""
+    local, url = served
+    kw = dict(train=True, shuffle=False, drop_last=False, **_backend_kw(backend))
+    first = _loader(url, "train", remote=RemoteOptions(tmp_path / "a", 10**8), **kw)
+    it = iter(first)
+    for _ in range(4):
+        next(it)
+    state = first.state_dict()
+    del it
+    first.close()
+    ld = _loader(url, "train", remote=RemoteOptions(tmp_path / "b", 10**8), **kw)
+    ld.load_state_dict(state)
+    ids = collect(ld)[0]
+    ld.close()
+    assert ids == list(range(16, NUM_TRAIN))
+    assert _cached(tmp_path / "b", "train") == [
+        f"train-{i:05d}-of-00008.tfrecord" for i in (4, 5, 6, 7)
+    ]
