@@ -26,6 +26,9 @@ generated config, byte ranges on), and measures:
                                        ``fn.external_source`` fed by ``StreamedBatches``); the
                                        cache's bytes are sampled during the epochs
                                        (``peak_cache_bytes``)
+  ``dali_http_warm``                   (``--dali``) the streamed pipeline with a cache that holds
+                                       the whole dataset, warm after the warm-up epoch: the
+                                       external source's cost without the downloads
   ``dali_source_cache``                (``--dali``) the external source alone: the batches
                                        ``StreamedBatches`` hands DALI (read from the cache,
                                        CRCs, Example parsing), no decoding: the most a GPU
@@ -249,6 +252,9 @@ def main() -> None:
                 shutil.rmtree(work / "dcache", ignore_errors=True)
                 rows.setdefault("dali_http_cache", []).append(
                     dali_rate(url, a, RemoteOptions(work / "dcache", half, read="cache"))
+                )
+                rows.setdefault("dali_http_warm", []).append(
+                    dali_rate(url, a, RemoteOptions(work / "scache", 10**12, read="cache"))
                 )
                 rows.setdefault("dali_source_cache", []).append(
                     dali_source_rate(url, a, RemoteOptions(work / "scache", 10**12))

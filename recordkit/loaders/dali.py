@@ -56,6 +56,16 @@ Lifecycle:
 DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in file
 order, not a full permutation: records should be packed in shuffled order (``recordkit list``
 shuffles like im2rec), which makes the buffer shuffle plenty.
+
+A remote split (``s3://``, ``gs://``, ``http(s)://``) is streamed through the bounded shard
+cache instead (``docs/REMOTE.md``): the reader is replaced by ``fn.external_source`` (batch
+mode) fed by :class:`~recordkit.loaders.streaming.StreamedBatches` in
+:class:`~recordkit.loaders.streaming.ShardWindowSampler` order, the rest of the graph is the
+same. Such a loader builds one pipeline per pass (validation included), builds epoch *e + 1*'s
+ahead but starts it only when epoch *e + 1* begins (so it pins no shards during validation),
+and defines an auto-augment graph afresh each time (a serialized graph does not carry the
+source). The source's one argument is DALI's iteration number, which DALI checkpoints: a
+pipeline restored from :meth:`DaliLoader.state_dict`'s checkpoint asks for the next batch.
 """
 
 from __future__ import annotations
