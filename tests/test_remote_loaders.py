@@ -317,3 +317,22 @@ def test_a_mid_epoch_resume_fetches_only_the_shards_still_to_read(served, tmp_pa
     assert _cached(tmp_path / "b", "train") == [
         f"train-{i:05d}-of-00008.tfrecord" for i in (4, 5, 6, 7)
     ]
+
+
+@pytest.mark.dali
+def test_dali_streams_from_s3(served, moto_s3, tmp_path):
+    """The same over s3:// (moto in server mode, s3fs): training through a cache of three of
+    eight shards reads every record once; validation equals the local pipeline's batches."""
+    from remote_servers import upload_dir
+
+    local, _ = served
+    upload_dir(local, "s3://recordkit-test/loaders")
+    url = "s3://recordkit-test/loaders/"
+    limit = 3 * _largest(local, "train") + 100
+    opts = RemoteOptions(cache_dir=tmp_path / "c", cache_limit=limit)
+    with cache_peak(tmp_path / "c", limit) as peak:
+        ids, labels, _ = collect(_dali(url, "train", remote=opts, train=True, drop_last=False))
+        val = collect(_dali(url, "val", remote=opts))
+    assert sorted(zip(ids, labels, strict=True)) == [(i, i % 3) for i in range(NUM_TRAIN)]
+    assert val == collect(_dali(local, "val"))
+    assert 0 < peak[0] <= limit
