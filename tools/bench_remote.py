@@ -253,6 +253,7 @@ def main() -> None:
                 rows.setdefault("dali_http_cache", []).append(
                     dali_rate(url, a, RemoteOptions(work / "dcache", half, read="cache"))
                 )
+                shutil.rmtree(work / "scache", ignore_errors=True)  # one copy (ports change)
                 rows.setdefault("dali_http_warm", []).append(
                     dali_rate(url, a, RemoteOptions(work / "scache", 10**12, read="cache"))
                 )
