@@ -218,3 +218,32 @@ def test_storage_client_tracebacks_stay_quiet_below_verbose():
         assert logging.getLogger("gcsfs").isEnabledFor(logging.ERROR)
     finally:
         logging.getLogger("gcsfs").setLevel(logging.NOTSET)
+
+
+@pytest.mark.slow
+@pytest.mark.dali
+def test_train_run_dali_on_https_streams_within_the_cache_limit(nginx, tmp_path):
+    """recordkit-train run --backend dali over http:// with a cache limit of three of the
+    train split's six shards: two epochs train and validate (every validation record counted)
+    with the cache never over its limit."""
+    pytest.importorskip("nvidia.dali")
+    from test_remote_loaders import cache_peak
+
+    local = colour_shards(nginx.root / "dali-cli", ["r", "g", "b"], 24, 8, records_per_shard=4)
+    shards = list(local.glob("train-*.tfrecord"))
+    limit = 3 * max(p.stat().st_size for p in shards) + 64
+    assert len(shards) == 6 and limit < sum(p.stat().st_size for p in shards)
+    out = tmp_path / "run"
+    args = ["run", "--data", f"{nginx.url}/dali-cli/", "--out", str(out), "--arch", "resnet18",
+            "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--precision", "fp32",
+            "--workers", "1", "--backend", "dali", "--device", "cpu", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache"), "--cache-limit", str(limit)]  # fmt: skip
+    with cache_peak(tmp_path / "cache", limit) as peak:
+        res = CliRunner().invoke(train_main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(r["val_samples"] == 8 for r in rows)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 * 24 // 4
+    assert 0 < peak[0] <= limit

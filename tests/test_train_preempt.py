@@ -6,7 +6,9 @@ was never stopped (fp32, ``--deterministic``). The model is mobilenet_v3_small, 
 has dropout, so the RNG states must come back too. The step at which the signal arrives is
 random (printed on failure; ``RECORDKIT_PREEMPT_STEP`` fixes it). With two ranks, the torch
 case signals torchrun (which forwards SIGTERM to both ranks, as a scheduler's notice does) and
-the DALI case only rank 0 (rank 1 stops on the ranks' agreement alone).
+the DALI case only rank 0 (rank 1 stops on the ranks' agreement alone). The same holds for a
+dataset served over http:// (nginx) and streamed through a shard cache smaller than the split,
+run through the CLI.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,6 +244,55 @@ def test_mid_epoch_checkpoint_needs_the_same_world_and_batch(
             TrainConfig(data=str(data), out=str(tmp_path), resume=str(tmp_path), **other),
             device="cpu",
         )
+
+
+# --- a remote dataset (nginx), through the CLI ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def remote_data(nginx: Any) -> Any:
+    """The training data as six shards of four served over http://, and a cache limit with
+    room for three of them (the smallest the streaming allows: one-shard shuffle windows)."""
+    root = colour_shards(nginx.root / "preempt", ["a", "b", "c"], N_TRAIN, 5, records_per_shard=4)
+    shards = list(root.glob("train-*.tfrecord"))
+    limit = 3 * max(p.stat().st_size for p in shards) + 64
+    assert len(shards) == 6 and limit < sum(p.stat().st_size for p in shards)
+    yield f"{nginx.url}/preempt/", limit
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=pytest.mark.dali)])
+def test_remote_run_stopped_and_resumed_equals_uninterrupted(
+    remote_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """``recordkit-train run --data http://…`` stopped by SIGTERM at a random step (exit 75),
+    then ``--resume``: the same steps.jsonl, metrics and final weights as the run that was
+    never stopped, each run with its own empty cache."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    url, limit = remote_data
+
+    def run(out: Path, *extra: str) -> Any:
+        cache = ["--cache-dir", str(out.parent / f"cache-{out.name}"), "--cache-limit", str(limit)]
+        return CliRunner().invoke(main, _args(url, out, backend, *cache, *extra))  # type: ignore[arg-type]
+
+    full, stopped = tmp_path / "full", tmp_path / "run"
+    res = run(full)
+    assert res.exit_code == 0, res.output
+    total = EPOCHS * N_TRAIN // BATCH
+    step = _kill_step(total)
+    note = f"{backend}: SIGTERM during step {step} of {total}"
+    with monkeypatch.context() as m:
+        _signal_at(m, step, signal.SIGTERM)
+        res = run(stopped)
+    assert res.exit_code == PREEMPTED_EXIT_CODE, res.output
+    state = load_checkpoint(stopped / "last.pt")
+    assert state["epoch"] * (N_TRAIN // BATCH) + state["batch"] == step, note
+    assert len(_trace(stopped)) == step, note
+    res = run(stopped, "--resume", str(stopped))
+    assert res.exit_code == 0, res.output
+    _assert_same_run(full, stopped, note)
 
 
 # --- world size 2, torchrun (gloo) ----------------------------------------------------------

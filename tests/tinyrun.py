@@ -54,14 +54,20 @@ def colour_record(i: int, num_classes: int) -> Record:
     )
 
 
-def colour_shards(root: Path, classes: Sequence[str], n_train: int = 24, n_val: int = 7) -> Path:
+def colour_shards(
+    root: Path,
+    classes: Sequence[str],
+    n_train: int = 24,
+    n_val: int = 7,
+    records_per_shard: int = 8,
+) -> Path:
     """A train/val shard directory of :func:`colour_record` images."""
     k = len(classes)
     splits = {
         "train": [colour_record(i, k) for i in range(n_train)],
         "val": [colour_record(i, k) for i in range(n_train, n_train + n_val)],
     }
-    return write_shards(root, splits, records_per_shard=8, classes=list(classes))
+    return write_shards(root, splits, records_per_shard=records_per_shard, classes=list(classes))
 
 
 def tiny_config(data: Path, out: Path, **overrides: object) -> TrainConfig:

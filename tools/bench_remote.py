@@ -18,11 +18,26 @@ generated config, byte ranges on), and measures:
                                        epoch; the cache run has a limit of half the dataset (at
                                        least 3 shards), so
                                        each epoch downloads its shards again
+  ``dali_local`` / ``dali_http_cache`` (``--dali``, DALI installed)
+                                       the same with ``backend="dali"`` on the CPU
+                                       (``device="cpu"``, ``--workers`` DALI threads): the local
+                                       ``fn.readers.tfrecord`` pipeline vs the remote split
+                                       streamed through the cache (limit half the dataset,
+                                       ``fn.external_source`` fed by ``StreamedBatches``); the
+                                       cache's bytes are sampled during the epochs
+                                       (``peak_cache_bytes``)
+  ``dali_http_warm``                   (``--dali``) the streamed pipeline with a cache that holds
+                                       the whole dataset, warm after the warm-up epoch: the
+                                       external source's cost without the downloads
+  ``dali_source_cache``                (``--dali``) the external source alone: the batches
+                                       ``StreamedBatches`` hands DALI (read from the cache,
+                                       CRCs, Example parsing), no decoding: the most a GPU
+                                       pipeline could take from it on one thread
 
 Prints one JSON object. Localhost has no network latency or bandwidth limit: the figures
 bound the client-side overhead (HTTP, fsspec, verification), not a real object store.
 
-    python tools/bench_remote.py --count 800 --shards 8 --workers 2 --threads 4
+    python tools/bench_remote.py --count 800 --shards 8 --workers 2 --threads 4 [--dali]
 """
 
 from __future__ import annotations
@@ -106,6 +121,70 @@ def loader_rate(path: Any, a: argparse.Namespace, remote: Any = None) -> dict[st
     return {"seconds": round(dt, 3), "images_per_sec": round(n / dt, 1), "images": n}
 
 
+def dali_rate(path: Any, a: argparse.Namespace, remote: Any = None) -> dict[str, float]:
+    """``loader_rate`` with the DALI backend on the CPU; with ``remote``, the cache's peak
+    bytes sampled every 5 ms during the timed epochs."""
+    import threading
+
+    from recordkit.loaders import make_loader
+
+    ld = make_loader(
+        path, "train", a.batch_size, 224, backend="dali", device="cpu", num_workers=a.workers,
+        rank=0, world_size=1, remote=remote,
+    )  # fmt: skip
+    ld.set_epoch(0)
+    for _ in ld:  # warm-up epoch: pipeline build, page cache, connections
+        pass
+    peak, stop = [0], threading.Event()
+    cache = remote.cache() if remote is not None else None
+
+    def watch() -> None:
+        while cache is not None and not stop.wait(0.005):
+            peak[0] = max(peak[0], cache.usage())
+
+    t = threading.Thread(target=watch)
+    t.start()
+    n, t0 = 0, time.perf_counter()
+    try:
+        for e in range(1, 1 + a.epochs):
+            ld.set_epoch(e)
+            for images, _ in ld:
+                n += images.shape[0]
+    finally:
+        dt = time.perf_counter() - t0
+        stop.set()
+        t.join()
+        ld.close()
+    out = {"seconds": round(dt, 3), "images_per_sec": round(n / dt, 1), "images": n}
+    if cache is not None:
+        out["peak_cache_bytes"] = peak[0]
+    return out
+
+
+def dali_source_rate(url: str, a: argparse.Namespace, remote: Any) -> dict[str, float]:
+    """What the DALI loader's external source produces alone: whole epochs of batches read
+    through a warm cache (no limit pressure), parsed, no decoding."""
+    from recordkit.loaders import make_loader
+
+    ld = make_loader(
+        url, "train", a.batch_size, 224, backend="dali", device="cpu", num_workers=1,
+        rank=0, world_size=1, remote=remote,
+    )  # fmt: skip
+    stream, batches = ld.stream, len(ld)
+    for k in range(batches):  # warm-up: fills the cache
+        stream.batch(0, k)
+    n = nbytes = 0
+    t0 = time.perf_counter()
+    for e in range(1, 1 + a.epochs):
+        for k in range(batches):
+            images, _ = stream.batch(e, k)
+            n += len(images)
+            nbytes += sum(x.nbytes for x in images)
+    dt = time.perf_counter() - t0
+    stream.close()
+    return {**_rate(n, nbytes, dt), "images_per_sec": round(n / dt, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp)")
@@ -117,6 +196,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per loader row")
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats (median kept)")
     ap.add_argument("--skip-loaders", action="store_true")
+    ap.add_argument("--skip-reads", action="store_true", help="no random/stream/fill rows")
+    ap.add_argument("--dali", action="store_true", help="add the DALI rows (CPU pipeline)")
     a = ap.parse_args()
 
     import bench_loader
@@ -143,7 +224,7 @@ def main() -> None:
         local_split = recordkit.open(shards)["train"]
         out["dataset_bytes"] = local_split.nbytes
         rows: dict[str, list[dict[str, float]]] = {}
-        for _ in range(a.repeats):  # alternate, so a busy moment hits every row alike
+        for _ in range(0 if a.skip_reads else a.repeats):  # alternate: noise hits all alike
             rows.setdefault("random_local", []).append(random_reads(local_split, a.threads))
             remote_split = recordkit.open(url)["train"]
             rows.setdefault("random_http", []).append(random_reads(remote_split, a.threads))
@@ -161,6 +242,23 @@ def main() -> None:
                 shutil.rmtree(work / "lcache", ignore_errors=True)
                 rows.setdefault("loader_http_cache", []).append(
                     loader_rate(url, a, RemoteOptions(work / "lcache", half, read="cache"))
+                )
+        if a.dali:
+            largest = max(e.bytes for e in local_split.entries)
+            half = max(local_split.nbytes // 2, 3 * largest + 1)
+            out["cache_limit"] = half
+            for _ in range(max(1, a.repeats - 1)):
+                rows.setdefault("dali_local", []).append(dali_rate(shards, a))
+                shutil.rmtree(work / "dcache", ignore_errors=True)
+                rows.setdefault("dali_http_cache", []).append(
+                    dali_rate(url, a, RemoteOptions(work / "dcache", half, read="cache"))
+                )
+                shutil.rmtree(work / "scache", ignore_errors=True)  # one copy (ports change)
+                rows.setdefault("dali_http_warm", []).append(
+                    dali_rate(url, a, RemoteOptions(work / "scache", 10**12, read="cache"))
+                )
+                rows.setdefault("dali_source_cache", []).append(
+                    dali_source_rate(url, a, RemoteOptions(work / "scache", 10**12))
                 )
     for name, runs in rows.items():
         key = "images_per_sec" if "images_per_sec" in runs[0] else "mb_per_sec"

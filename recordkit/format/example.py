@@ -45,6 +45,7 @@ __all__ = [
     "image_example_parts",
     "decode_example",
     "example_labels",
+    "example_image_labels",
     "encode_features",
     "decode_features",
 ]
@@ -400,6 +401,17 @@ def example_labels(data: bytes) -> tuple[int, ...]:
         PayloadError: As :func:`decode_example`.
     """
     return _image_features(data)[1]
+
+
+def example_image_labels(data: bytes) -> tuple[bytes, tuple[int, ...]]:
+    """The encoded image and the labels of an image ``Example`` (what DALI's tfrecord reader
+    extracts), with :func:`decode_example`'s checks and messages.
+
+    Raises:
+        PayloadError: As :func:`decode_example`.
+    """
+    f, labels = _image_features(data)
+    return f[KEY_ENCODED].bytes_list.value[0], labels
 
 
 def decode_example(data: bytes) -> Record:

@@ -56,6 +56,16 @@ Lifecycle:
 DALI's tfrecord reader shuffles through a buffer of ``initial_fill`` records read in file
 order, not a full permutation: records should be packed in shuffled order (``recordkit list``
 shuffles like im2rec), which makes the buffer shuffle plenty.
+
+A remote split (``s3://``, ``gs://``, ``http(s)://``) is streamed through the bounded shard
+cache instead (``docs/REMOTE.md``): the reader is replaced by ``fn.external_source`` (batch
+mode) fed by :class:`~recordkit.loaders.streaming.StreamedBatches` in
+:class:`~recordkit.loaders.streaming.ShardWindowSampler` order, the rest of the graph is the
+same. Such a loader builds one pipeline per pass (validation included), builds epoch *e + 1*'s
+ahead but starts it only when epoch *e + 1* begins (so it pins no shards during validation),
+and defines an auto-augment graph afresh each time (a serialized graph does not carry the
+source). The source's one argument is DALI's iteration number, which DALI checkpoints: a
+pipeline restored from :meth:`DaliLoader.state_dict`'s checkpoint asks for the next batch.
 """
 
 from __future__ import annotations
@@ -63,9 +73,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -95,6 +105,9 @@ from recordkit.loaders.dali_sizing import (
 )
 from recordkit.loaders.sampling import batches_per_rank, epoch_seed
 from recordkit.safeio import open_regular
+
+if TYPE_CHECKING:
+    from recordkit.loaders.streaming import StreamedBatches
 
 __all__ = [
     "MIN_DALI",
@@ -309,6 +322,7 @@ def build_pipeline(
     max_image: tuple[int, int] | None = None,
     checkpointing: bool = False,
     checkpoint: bytes | None = None,
+    source: Callable[[int], Any] | None = None,
 ) -> Pipeline:
     """Build (but do not run) the DALI pipeline for one rank; see the module docstring.
 
@@ -335,6 +349,12 @@ def build_pipeline(
             ``Pipeline.checkpoint()`` can save it (DALI's pipeline checkpointing).
         checkpoint: A ``Pipeline.checkpoint()`` of a pipeline built with the same arguments:
             the new pipeline goes on exactly where that one was (implies ``checkpointing``).
+        source: Instead of ``fn.readers.tfrecord`` over ``files``: an ``fn.external_source``
+            (batch mode) calling ``source(iteration)`` for ``(encoded images, labels)``, lists
+            of 1-D uint8 and int64 arrays (a remote split streamed through the shard cache,
+            :class:`~recordkit.loaders.streaming.StreamedBatches`); ``files``, ``index_files``,
+            ``shard_id``, ``num_shards``, ``shuffle`` and ``initial_fill`` are then unused. DALI
+            checkpoints record the iteration, so a restored pipeline asks for the next batch.
 
     Returns:
         The pipeline, with outputs ``(images, labels)``; labels are int64 ``(B, L)`` padded with
@@ -342,8 +362,7 @@ def build_pipeline(
     """
     gpu = device_id is not None
 
-    @pipeline_def
-    def _pipe() -> tuple[Any, Any]:
+    def _tfrecord_input() -> tuple[Any, Any]:
         inputs = fn.readers.tfrecord(
             path=files,
             index_path=index_files,
@@ -359,7 +378,20 @@ def build_pipeline(
             pad_last_batch=True,
             name=READER_NAME,
         )
-        jpegs, labels = inputs[KEY_ENCODED], inputs[KEY_LABEL]
+        return inputs[KEY_ENCODED], inputs[KEY_LABEL]
+
+    @pipeline_def
+    def _pipe() -> tuple[Any, Any]:
+        if source is not None:
+            jpegs, labels = fn.external_source(
+                source=source,
+                num_outputs=2,
+                batch=True,
+                dtype=[types.UINT8, types.INT64],
+                ndim=[1, 1],
+            )
+        else:
+            jpegs, labels = _tfrecord_input()
         images = decode_augment(
             jpegs,
             train=train,
@@ -451,6 +483,7 @@ class DaliLoader:
         initial_fill: int | None = None,
         epochs: int | None = None,
         max_image: tuple[int, int] | None = None,
+        stream: StreamedBatches | None = None,
     ) -> None:
         if len(split) < world_size:
             raise ValueError(
@@ -461,8 +494,11 @@ class DaliLoader:
             raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
         # DALI's reader opens the files itself, blocking: a FIFO named as a shard would hang
         # it. Refuse anything but regular files here, in one line (recordkit.safeio).
-        for path in [*split.files, *(r.index_path for r in split.readers)]:
-            os.close(open_regular(path, what="shard file"))
+        if stream is None:
+            for path in [*split.files, *(r.index_path for r in split.readers)]:
+                os.close(open_regular(path, what="shard file"))
+        # A remote split: fn.external_source reads the batches through the shard cache.
+        self.stream = stream
         self.split = split
         self.batch_size = batch_size
         self.image_size = image_size
@@ -489,8 +525,8 @@ class DaliLoader:
         self._restore: tuple[int, int, bytes] | None = None  # (epoch, batch, DALI checkpoint)
         self._live: Pipeline | None = None  # the pipeline of the pass in progress
         # No randomness: one pipeline serves every pass (its reader restarts at the shard's
-        # start after reader_batches(); see __iter__).
-        self.reuse = not train and not shuffle
+        # start after reader_batches(); see __iter__). A streamed split builds one per pass.
+        self.reuse = not train and not shuffle and stream is None
         self._kept: Pipeline | None = None
         self._kept_lead = 0  # padding batches of the previous pass still in the reader
         self._ahead: _Ahead | None = None
@@ -570,12 +606,15 @@ class DaliLoader:
         """
         epoch = self.epoch if epoch is None else epoch
         seed = epoch_seed(self.seed, epoch, 1 + self.rank)
-        plain = checkpoint is None and (depth is None or depth == self._depth)
+        # (a streamed split's external_source callable does not survive serialization)
+        plain = (
+            checkpoint is None and (depth is None or depth == self._depth) and self.stream is None
+        )
         cached = self._serialized
         if cached is not None and plain:
             graph, flags = cached
             return Pipeline.deserialize(serialized_pipeline=graph, seed=seed, **flags)
-        pipe = self._define(seed, depth=depth, checkpoint=checkpoint)
+        pipe = self._define(seed, epoch, depth=depth, checkpoint=checkpoint)
         if plain and self.train and self.augment.auto_augment is not None:
             flags = {
                 "batch_size": self.batch_size,
@@ -591,12 +630,18 @@ class DaliLoader:
         return pipe
 
     def _define(
-        self, seed: int, *, depth: int | None = None, checkpoint: bytes | None = None
+        self,
+        seed: int,
+        epoch: int,
+        *,
+        depth: int | None = None,
+        checkpoint: bytes | None = None,
     ) -> Pipeline:
-        """Define and build the pipeline with ``seed`` (:func:`build_pipeline`)."""
+        """Define and build ``epoch``'s pipeline with ``seed`` (:func:`build_pipeline`)."""
+        stream = self.stream
         return build_pipeline(
-            [str(p) for p in self.split.files],
-            [str(r.index_path) for r in self.split.readers],
+            [] if stream else [str(p) for p in self.split.files],
+            [] if stream else [str(r.index_path) for r in self.split.readers],
             batch_size=self.batch_size,
             image_size=self.image_size,
             train=self.train,
@@ -614,6 +659,7 @@ class DaliLoader:
             max_image=self.max_image,
             checkpointing=not self.reuse,
             checkpoint=checkpoint,
+            source=stream.source(epoch) if stream else None,
         )
 
     @property
@@ -622,20 +668,32 @@ class DaliLoader:
         return max(1, min(self.prefetch, len(self)))
 
     def _start(
-        self, epoch: int, *, depth: int | None = None, checkpoint: bytes | None = None
+        self,
+        epoch: int,
+        *,
+        depth: int | None = None,
+        checkpoint: bytes | None = None,
+        run: bool = True,
     ) -> Pipeline:
-        """Build ``epoch``'s pipeline and start its first ``depth`` batches."""
+        """Build ``epoch``'s pipeline and (``run``) start its first ``depth`` batches."""
         pipe = self.pipeline(epoch, depth=depth, checkpoint=checkpoint)
-        pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
+        if run:
+            pipe.schedule_run()  # the first call runs prefetch_queue_depth iterations
         return pipe
 
     def _prepare_ahead(self, epoch: int) -> None:
-        """Build and start ``epoch``'s pipeline on the background thread, unless past the end."""
+        """Build and start ``epoch``'s pipeline on the background thread, unless past the end.
+
+        A streamed split's pipeline is built but not started: its first batches would
+        download the epoch's first window of shards into the cache now, while the validation
+        that usually comes between the epochs streams its own shards through the same
+        limited cache (:meth:`_acquire` starts it)."""
         if self.epochs is not None and epoch >= self.epochs:
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="recordkit-dali-build")
-        self._ahead = _Ahead(epoch, self._executor.submit(self._start, epoch))
+        run = self.stream is None
+        self._ahead = _Ahead(epoch, self._executor.submit(self._start, epoch, run=run))
 
     def _take_ahead(self, epoch: int) -> Pipeline | None:
         """The pipeline started ahead for ``epoch``, else None; joins the builder thread.
@@ -672,6 +730,8 @@ class DaliLoader:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self.stream is not None:
+            self.stream.close()  # the feeder's pins go; the next pass starts it again
 
     def __enter__(self) -> DaliLoader:
         return self
@@ -705,6 +765,8 @@ class DaliLoader:
             return pipe, start, self._depth
         pipe = self._take_ahead(epoch)
         if pipe is not None:
+            if self.stream is not None:
+                pipe.schedule_run()  # built ahead, not started (_prepare_ahead)
             return pipe, 0, self._depth
         if not self.reuse:
             return self._start(epoch), 0, self._depth

@@ -213,7 +213,8 @@ def make_loader(
             how to read (:class:`~recordkit.loaders.streaming.RemoteOptions`; default
             ``RemoteOptions()``: training streams whole shards through the cache in
             ``RECORDKIT_CACHE``, evaluation reads records with range requests; DALI always
-            reads from the cache). Ignored for local splits. See ``docs/REMOTE.md``.
+            streams through the cache, feeding its pipeline with ``fn.external_source``).
+            Ignored for local splits. See ``docs/REMOTE.md``.
 
     Returns:
         A :class:`Loader`: iterate for ``(images, labels)``; ``len()`` is this rank's batches
@@ -272,13 +273,29 @@ def make_loader(
         from recordkit.loaders.dali import DaliLoader
         from recordkit.loaders.dali_sizing import pack_image_bound
 
-        pins: list = []
+        stream = None
         if sp.remote:
-            from recordkit.loaders.streaming import materialize
+            from recordkit.loaders.streaming import (
+                ShardWindowSampler,
+                StreamedBatches,
+                cached_split,
+                window_for,
+            )
 
             assert remote is not None
-            sp, pins = materialize(sp, remote.cache())
-        loader = DaliLoader(
+            cache = remote.cache()
+            budget = cache.limit // local_world_size()
+            order = ShardWindowSampler(
+                [e.records for e in sp.entries],
+                window=window_for(sp, budget),
+                rank=rank,
+                world_size=world_size,
+                shuffle=shuffle,
+                seed=seed,
+                drop_last=drop_last,
+            )
+            stream = StreamedBatches(cached_split(sp, cache), order, batch_size, budget)
+        return DaliLoader(
             sp,
             batch_size=batch_size,
             image_size=image_size,
@@ -298,9 +315,8 @@ def make_loader(
             initial_fill=initial_fill,
             epochs=epochs,
             max_image=pack_image_bound(ds.manifest.pack, split),
+            stream=stream,
         )
-        loader.cache_pins = pins  # the cached shards stay while the loader lives
-        return loader
 
     from recordkit.loaders.decode import EncodedDecode, TrainDecode, ValDecode
     from recordkit.loaders.torch_loader import RecordDataset, TorchLoader

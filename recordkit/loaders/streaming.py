@@ -12,6 +12,9 @@
   evict it.
 - :class:`CachedShardReader` is what the DataLoader workers read through: the local copy
   (``pread``), downloaded on the spot if it is not there yet (the feeder is usually ahead).
+- :class:`StreamedBatches` is what the DALI backend's ``fn.external_source`` reads: batch
+  ``k`` of an epoch's :class:`ShardWindowSampler` order as encoded images and labels, read
+  through the cache while a :class:`ShardFeeder` downloads ahead and releases what was read.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import copy
 import logging
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +43,8 @@ __all__ = [
     "RemoteOptions",
     "ShardFeeder",
     "ShardWindowSampler",
+    "StreamedBatches",
     "cached_split",
-    "materialize",
     "shard_window_indices",
     "window_for",
 ]
@@ -241,38 +245,6 @@ def cached_split(split: Split, cache: ShardCache) -> Split:
     return out
 
 
-def materialize(split: Split, cache: ShardCache) -> tuple[Split, list[Pin]]:
-    """Download every shard of a remote split into ``cache`` and pin them: a local split
-    (plain :class:`ShardReader` s on the copies, for DALI) and the pins to release after use.
-
-    Raises:
-        CacheFullError: The split is larger than the cache limit.
-    """
-    from recordkit.remote.cache import CacheFullError
-
-    if split.nbytes > cache.limit:
-        raise CacheFullError(
-            f"split {split.name!r} is {split.nbytes} bytes, more than the cache limit of "
-            f"{cache.limit}: the DALI backend needs the whole split cached; raise "
-            "--cache-limit or use --backend torch (which streams shards)"
-        )
-    local = cached_split(split, cache)
-    pins: list[Pin] = []
-    try:
-        for r in local.readers:
-            pins.append(r.ensure(pin=True))  # type: ignore[attr-defined]
-    except BaseException:
-        for p in pins:
-            p.release()
-        raise
-    out = copy.copy(split)
-    out.root = local.readers[0].path.parent if local.readers else Path(cache.directory)
-    out.readers = [
-        ShardReader(r.path, index_path=r.index_path, verify_crc=r.verify_crc) for r in local.readers
-    ]
-    return out, pins
-
-
 class ShardFeeder:
     """Downloads one epoch's shards ahead of the batches, within a byte budget.
 
@@ -365,3 +337,138 @@ class ShardFeeder:
             for p in self._pins.values():
                 p.release()
             self._pins.clear()
+
+
+class StreamedBatches:
+    """One rank's batches of a remote split, read through the cache: the DALI backend's input.
+
+    :meth:`source` gives the callable that a pipeline's ``fn.external_source`` calls with the
+    iteration number ``k``: batch ``k`` of the epoch's :class:`ShardWindowSampler` order (every
+    record of the rank's part once per epoch), as two lists: the encoded images (1-D uint8
+    arrays) and the labels (1-D int64 arrays). A last partial batch is padded with copies of
+    its last record, as DALI's tfrecord reader pads it (``pad_last_batch``); the loader trims
+    them. The callable takes the iteration as its one argument, so a pipeline restored from a
+    DALI checkpoint asks for the batch after the last one consumed (DALI records the
+    iteration in the checkpoint).
+
+    A :class:`ShardFeeder` downloads the epoch's shards ahead of the reads, within ``budget``,
+    and a shard is released as soon as the last batch that reads it has been handed to DALI
+    (which holds the bytes from then on), so the cache can evict it. Batch ``k + 1`` is read
+    on a thread while DALI works on batch ``k`` (the call for it then only takes it), so the
+    reads and parsing (~0.1 ms a record) overlap the training step instead of adding to it.
+
+    Args:
+        split: The remote split read through the cache (:func:`cached_split`).
+        sampler: This rank's order (its epoch is set here, per call).
+        batch_size: Records per batch.
+        budget: Bytes of shards the feeder keeps pinned at most.
+    """
+
+    def __init__(
+        self, split: Split, sampler: ShardWindowSampler, batch_size: int, budget: int
+    ) -> None:
+        self.split = split
+        self.sampler = copy.copy(sampler)
+        self.batch_size = batch_size
+        self.feeder = ShardFeeder(split, budget)
+        self._lock = threading.Lock()  # one call at a time; the read-ahead runs under it too
+        self._next: tuple[int, int] | None = None  # (epoch, record) the feeder expects next
+        self._base = 0  # the record of the epoch's order the feeder started at
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, int, Future[_Batch]] | None = None  # (epoch, k, its read)
+
+    def source(self, epoch: int) -> _EpochSource:
+        """The ``fn.external_source`` callable of epoch ``epoch``."""
+        return _EpochSource(self, epoch)
+
+    def batches(self) -> int:
+        """Batches per epoch: full ones only with ``drop_last``, else the last one partial."""
+        n, b = len(self.sampler), self.batch_size
+        return n // b if self.sampler.drop_last else -(-n // b)
+
+    def batch(self, epoch: int, k: int) -> _Batch:
+        """Batch ``k`` of epoch ``epoch``: ``(encoded images, labels)`` (see the class).
+
+        Raises:
+            IndexError: No batch ``k`` in the epoch.
+            CorruptRecordError: A record is not an image ``Example`` (or fails its CRCs).
+            Exception: What stopped the feeder (a remote error, a corrupt download).
+        """
+        with self._lock:
+            ahead = self._take_ahead()
+            if ahead is not None and ahead[:2] == (epoch, k):
+                out = ahead[2].result()  # raises what the read raised
+            else:
+                out = self._read(epoch, k)
+            if k + 1 < self.batches():
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="recordkit-source")
+                self._ahead = (epoch, k + 1, self._pool.submit(self._read, epoch, k + 1))
+        return out
+
+    def _take_ahead(self) -> tuple[int, int, Future[_Batch]] | None:
+        """The read-ahead, finished (one for another batch: waited for and its error dropped)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            wait([ahead[2]])
+        return ahead
+
+    def _read(self, epoch: int, k: int) -> _Batch:
+        """Read batch ``k`` of ``epoch`` (one read at a time: under the lock or as the read-ahead,
+        which every call waits for first)."""
+        self.sampler.set_epoch(epoch)
+        order = self.sampler.indices()[: self.batches() * self.batch_size]
+        lo = k * self.batch_size
+        if not 0 <= lo < len(order):
+            raise IndexError(f"no batch {k} in epoch {epoch} ({len(order)} records)")
+        hi = min(lo + self.batch_size, len(order))
+        if self._next != (epoch, lo):  # a new pass, or a resume mid-epoch
+            self.feeder.start(order[lo:])
+            self._base = lo
+        images, labels = [], []
+        for i in order[lo:hi].tolist():
+            image, label = self._record(i)
+            images.append(image)
+            labels.append(label)
+        self._next = (epoch, hi)
+        self.feeder.consumed(hi - self._base)  # the arrays hold the bytes: done with the shards
+        pad = self.batch_size - len(images)
+        return images + images[-1:] * pad, labels + labels[-1:] * pad
+
+    def _record(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        from recordkit.errors import CorruptRecordError
+        from recordkit.format.example import PayloadError, example_image_labels
+
+        data = self.split.read_bytes(i)
+        try:
+            image, labels = example_image_labels(data)
+        except PayloadError as exc:
+            s, j = self.split.locate(i)
+            reader = self.split.readers[s]
+            raise CorruptRecordError(reader.path, reader.entries[j][0], str(exc)) from None
+        return np.frombuffer(image, np.uint8), np.array(labels, np.int64)
+
+    def close(self) -> None:
+        """Drop the read-ahead, stop the feeder and release its pins (a later batch starts
+        them again)."""
+        with self._lock:
+            self._take_ahead()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self.feeder.stop()
+            self._next = None
+
+
+_Batch = tuple[list[np.ndarray], list[np.ndarray]]
+
+
+class _EpochSource:
+    """``f(iteration)`` -> batch ``iteration`` of one epoch (:meth:`StreamedBatches.source`)."""
+
+    def __init__(self, batches: StreamedBatches, epoch: int) -> None:
+        self.batches = batches
+        self.epoch = epoch
+
+    def __call__(self, iteration: int) -> _Batch:
+        return self.batches.batch(self.epoch, iteration)

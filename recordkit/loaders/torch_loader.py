@@ -570,8 +570,11 @@ class TorchLoader:
 
     def close(self) -> None:
         """Stop the loader's worker processes now (the endless stream's, and persistent
-        ones) rather than when the loader is garbage-collected; a later epoch starts them
-        again."""
+        ones) rather than when the loader is garbage-collected, and a remote split's feeder
+        (its cache pins go: a pass left mid-way, by a stop request, keeps them otherwise while
+        the loader lives); a later epoch starts them again."""
+        if self.feeder is not None:
+            self.feeder.stop()
         for it in (self._batches, getattr(self.loader, "_iterator", None)):
             shutdown = getattr(it, "_shutdown_workers", None)
             if shutdown is not None:
@@ -590,7 +593,8 @@ class TorchLoader:
                 batches = iter(self.loader)
             _track_workers(batches)
             if feeder is not None:  # after the workers are forked: no thread forked mid-lock
-                feeder.start(self.sampler.indices())
+                # from the resume point: shards read only by skipped batches are not fetched
+                feeder.start(self.sampler.indices()[self.sampler.start :])
             taken = 0
             while True:
                 with on_device(self.device):  # not around the yield: the caller's code is its own
