@@ -9,6 +9,8 @@ step), eval, predict and ONNX export from its checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,35 @@ def test_cli_step_eval_predict_export(
     )
     assert "top-1 agrees 4/4, ok" in exported.output
     assert exported.output.strip().splitlines()[-1].startswith("check passed")
+
+
+def test_resume_rebuilds_and_continues_convnet2(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped by SIGTERM after step 3 of 4 and resumed equals 2 epochs straight (dropout too)."""
+    from recordkit_train import engine
+
+    opts = ("--epochs", "2", "--batch-size", "4", "--threads", "1")
+    full = _run(shards, tmp_path / "full", "convnet2", *opts)
+    real, calls = engine._train_step, [0]
+
+    def _step(**kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(**kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "_train_step", _step)
+        args = ["run", "--data", str(shards), "--out", str(tmp_path / "part"), "--arch",
+                "convnet2", "--image-size", "28", "--lr", "0.05", "--warmup-epochs", "0",
+                "--precision", "fp32", "--backend", "torch", "--workers", "0", "--device",
+                "cpu", "--no-progress", *opts]  # fmt: skip
+        stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 75, stopped.output
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["batch"] == 1  # epoch 1, batch 1
+    part = _run(shards, tmp_path / "part", "convnet2", *opts, "--resume", str(tmp_path / "part"))
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
