@@ -233,7 +233,8 @@ def main(verbose: int) -> None:
     default="resnet50",
     show_default=True,
     help="Any torchvision classification model (resnet18, resnext50_32x4d, regnet_y_400mf, "
-    "efficientnet_b0, convnext_tiny, vit_b_16, ...); `--arch list` prints them all.",
+    "efficientnet_b0, convnext_tiny, vit_b_16, ...) or recordkit's own small networks for "
+    "28-32 px images (convnet2, lenet, mlp); `--arch list` prints them all.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=90, show_default=True)
 @click.option(
@@ -388,10 +389,12 @@ def run_cmd(
         _list_recipes()
         return
     if options["arch"] == "list":
-        from recordkit_train.models import ARCHS, min_image_size, supports_small_input
+        from recordkit_train.models import ARCHS, is_own, min_image_size, supports_small_input
 
         for name in ARCHS:
             notes = [f"min {min_image_size(name)} px"]
+            if is_own(name):
+                notes.append("recordkit's own (recordkit_train.small_models)")
             if supports_small_input(name):
                 notes.append("small-input stem")
             click.echo(f"{name}\t{', '.join(notes)}")

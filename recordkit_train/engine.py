@@ -35,7 +35,12 @@ from recordkit_train.config import ConfigError, TrainConfig
 from recordkit_train.ema import ModelEma
 from recordkit_train.metrics import AccuracyMeter, LossMeter, read_meters
 from recordkit_train.mixup import Mixer, dominant_labels, soft_target_cross_entropy
-from recordkit_train.models import SMALL_INPUT_MAX_SIZE, build_model, supports_small_input
+from recordkit_train.models import (
+    SMALL_INPUT_MAX_SIZE,
+    build_model,
+    is_own,
+    supports_small_input,
+)
 from recordkit_train.optim import LRSchedule, build_optimizer, load_optimizer_state
 from recordkit_train.plot import plot_metrics
 from recordkit_train.precision import (
@@ -743,6 +748,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv) -> dict[str, Any]:
         logger.info("%s", _describe_augment(cfg))
         if cfg.small_input:
             logger.info("model: %s with the small-input stem (3x3 stride 1)", cfg.arch)
+        elif is_own(cfg.arch):
+            logger.info("model: %s (recordkit's own) built for %d px", cfg.arch, cfg.image_size)
         elif cfg.image_size <= SMALL_INPUT_MAX_SIZE and not supports_small_input(cfg.arch):
             logger.info(
                 "model: %s keeps its ImageNet stem at %d px (the small-input stem is for "

@@ -1,7 +1,9 @@
 """Model building: every torchvision classification model, randomly initialised.
 
 ``--arch`` takes any name of ``torchvision.models.list_models(module=torchvision.models)``
-(:data:`ARCHS`). torchvision's ResNet is "ResNet v1.5": in bottleneck blocks the stride-2
+(:data:`TORCHVISION_ARCHS`) and recordkit's own small classic networks for 28-32 px datasets,
+``convnet2``, ``lenet`` and ``mlp`` (:mod:`recordkit_train.small_models`); :data:`ARCHS` is
+both. torchvision's ResNet is "ResNet v1.5": in bottleneck blocks the stride-2
 downsampling sits on the 3x3 convolution (``conv2``), not on the first 1x1 as in the original
 paper (NVIDIA's DeepLearningExamples and timm use the same). Weights are always randomly
 initialised (``weights=None``); nothing is downloaded.
@@ -30,9 +32,12 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from recordkit_train.small_models import SMALL_ARCHS, SMALL_MIN_SIZE, build_small_model
+
 __all__ = [
     "ARCHS",
     "SMALL_INPUT_MAX_SIZE",
+    "TORCHVISION_ARCHS",
     "build_model",
     "check_arch",
     "check_image_size",
@@ -40,14 +45,18 @@ __all__ = [
     "default_small_input",
     "family",
     "head_name",
+    "is_own",
     "min_image_size",
     "supports_small_input",
 ]
 
 logger = logging.getLogger(__name__)
 
-ARCHS: tuple[str, ...] = tuple(sorted(tv_models.list_models(module=tv_models)))
-"""Architectures :func:`build_model` accepts: torchvision's classification models."""
+TORCHVISION_ARCHS: tuple[str, ...] = tuple(sorted(tv_models.list_models(module=tv_models)))
+"""torchvision's classification models."""
+
+ARCHS: tuple[str, ...] = tuple(sorted((*TORCHVISION_ARCHS, *SMALL_ARCHS)))
+"""Architectures :func:`build_model` accepts: torchvision's and recordkit's own."""
 
 SMALL_INPUT_MAX_SIZE = 64
 """``small_input`` defaults to on for models that have the stem at ``image_size`` <= this."""
@@ -70,8 +79,18 @@ _MIN_SIZE = {
 _DEFAULT_MIN_SIZE = 8
 
 
+def is_own(arch: str) -> bool:
+    """Whether ``arch`` is one of recordkit's own networks (not torchvision's)."""
+    return arch in SMALL_ARCHS
+
+
 def family(arch: str) -> str:
-    """The model family of ``arch``: ``resnet`` (also ResNeXt, Wide-ResNet), ``vit``, ...."""
+    """The model family of ``arch``: ``resnet`` (also ResNeXt, Wide-ResNet), ``vit``, ....
+
+    recordkit's own networks are each their own family (``convnet2``, ``lenet``, ``mlp``).
+    """
+    if is_own(arch):
+        return arch
     if arch.startswith(("resnet", "resnext", "wide_resnet")):
         return "resnet"
     if arch.startswith("inception"):
@@ -102,6 +121,8 @@ def _patch_size(arch: str) -> int | None:
 
 def min_image_size(arch: str) -> int:
     """The smallest ``image_size`` ``arch`` runs on (with the standard stem)."""
+    if is_own(arch):
+        return SMALL_MIN_SIZE[arch]
     patch = _patch_size(arch)
     if patch is not None:
         return patch
@@ -206,12 +227,13 @@ def build_model(
     zero_init_residual: bool = False,
     channels_last: bool = False,
 ) -> nn.Module:
-    """Build a randomly initialised torchvision classification model.
+    """Build a randomly initialised classification model (torchvision's or recordkit's own).
 
     Args:
         arch: One of :data:`ARCHS`.
         num_classes: Width of the classifier.
-        image_size: Input side in pixels (ViTs are built for it; others only check it).
+        image_size: Input side in pixels (ViTs and recordkit's own networks are built for
+            it; others only check it).
         small_input: The CIFAR-style stride-1 stem (ResNet and RegNet families only).
         zero_init_residual: Set the scale (gamma) of the last BatchNorm in every residual
             block to zero, so each block starts as the identity (Goyal et al., "Accurate,
@@ -233,14 +255,18 @@ def build_model(
         check_small_input(arch)
     else:
         check_image_size(arch, image_size)
-    kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
-    if family(arch) in ("inception", "googlenet"):
-        kwargs.update(aux_logits=False, init_weights=True)  # one output, no init warning
-    if family(arch) == "vit":
-        kwargs["image_size"] = image_size
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model: nn.Module = tv_models.get_model(arch, **kwargs)
+    model: nn.Module
+    if is_own(arch):
+        model = build_small_model(arch, num_classes, image_size)
+    else:
+        kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
+        if family(arch) in ("inception", "googlenet"):
+            kwargs.update(aux_logits=False, init_weights=True)  # one output, no init warning
+        if family(arch) == "vit":
+            kwargs["image_size"] = image_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = tv_models.get_model(arch, **kwargs)
     if small_input:
         _small_stem(model, arch)
     zeroed = _zero_init_residual(model, arch) if zero_init_residual else 0

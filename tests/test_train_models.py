@@ -1,9 +1,10 @@
-"""Every torchvision classification model through recordkit-train's model and optimizer code.
+"""Every model (torchvision's, recordkit's own) through recordkit-train's model and optimizer code.
 
 Each architecture is built at its smallest valid image size, its recipe rules are checked by
 value (zeroed residual BatchNorm scales, the exact no-weight-decay parameters, the classifier
 found by ``head_name``), then it takes one real SGD training step on two images. One or two
-models per family run always; the other 64 with ``RECORDKIT_TEST_ALL_ARCHS=1`` (all 80 passed).
+models per family (and recordkit's three) run always; the other 64 with
+``RECORDKIT_TEST_ALL_ARCHS=1`` (all 80 torchvision models passed).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from recordkit_train.optim import build_optimizer
 # One or two per family, each built and stepped in about a second on a CPU core; the rest
 # (all 80 pass: 3.5 min with OMP_NUM_THREADS=1, 8 GB peak for vit_h_14) are `slow`.
 _FAST = {
-    "convnext_tiny", "efficientnet_b0", "googlenet", "mnasnet0_5", "mobilenet_v2",
-    "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18",
-    "resnet50", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "vit_b_32",
+    "convnet2", "convnext_tiny", "efficientnet_b0", "googlenet", "lenet", "mlp", "mnasnet0_5",
+    "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf",
+    "resnet18", "resnet50", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t",
+    "vit_b_32",
 }  # fmt: skip
 
 # Multi-dimensional parameters that must also be out of weight decay, by name suffix.

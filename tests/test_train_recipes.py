@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -46,6 +48,23 @@ def test_explicit_values_win() -> None:
     assert merged["arch"] == "resnet18"
     assert merged["small_input"] is False
     assert merged["aug"] == "pad-crop"
+
+
+def test_fashion_mnist_convnet2_values() -> None:
+    """The TF tutorial CNN for 5 epochs: flips only, cosine after a 0.3-epoch warm-up."""
+    cfg = TrainConfig(data="d", **resolve_recipe("fashion-mnist-convnet2", {})).resolved("cpu")
+    assert (cfg.arch, cfg.image_size, cfg.small_input) == ("convnet2", 28, False)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum) == (5, 128, 0.05, 0.9)
+    assert (cfg.aug, cfg.pad, cfg.hflip, cfg.label_smoothing) == ("pad-crop", 0, 0.5, 0.0)
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.weight_decay) == ("cosine", 0.3, 5e-4)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipes_md_shows_each_recipes_options(name: str) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "RECIPES.md").read_text()
+    assert f"`{name}`" in doc
+    if name.startswith("fashion-mnist"):  # the ImageNet rows abbreviate the 250-epoch one
+        assert f"`{RECIPES[name].command()}`" in doc
 
 
 def test_unknown_recipe() -> None:

@@ -2,6 +2,7 @@
 
   1. build    python tools/make_fashion_mnist.py --work WORK   (idx -> PNG folder + lists -> pack)
   2. train    recordkit-train run --recipe RECIPE --data WORK/shards --out WORK/run [EXTRA...]
+              (RECIPE: fashion-mnist-convnet2 unless --recipe says otherwise)
   3. eval     recordkit-train eval --data WORK/shards --checkpoint WORK/run/last.pt --json
 
 Prints (and writes to WORK/e2e.json) one JSON object: per stage the wall seconds and the CPU
@@ -12,6 +13,7 @@ wall time is pessimistic; CPU seconds / usable CPUs is the floor a quiet machine
 
     flock /work/bench.lock python tools/fashion_mnist_e2e.py --work runs/fmnist-e2e
     python tools/fashion_mnist_e2e.py --work runs/fm -- --epochs 5   # extra train options
+    python tools/fashion_mnist_e2e.py --work runs/fm-rn18 --recipe fashion-mnist-resnet18
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _stage(name: str, cmd: list[str], report: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("runs/fmnist-e2e"))
-    ap.add_argument("--recipe", default="fashion-mnist-resnet18")
+    ap.add_argument("--recipe", default="fashion-mnist-convnet2")
     ap.add_argument("--src", default=None, help="idx folder (default: Debian's package)")
     ap.add_argument("--skip-build", action="store_true", help="Reuse WORK/shards.")
     ap.add_argument("--limit", type=int, default=None, help="First N images per split (smoke).")
