@@ -23,8 +23,12 @@ nginx:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) \
 	  || echo "nginx not installed: the nginx tests will skip (apt-get install nginx-light)"; }
 
+# Two pytest workers: the tests that each start several torch processes (torchrun ranks) share
+# one worker (the xdist_group in tests/conftest.py), the single-process tests run on the other.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) nginx
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recordkit recordkit_train tools tests

@@ -274,3 +274,15 @@ def gcs_proxy(gcs, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
     yield proxy
     proxy.close()
+
+
+# Files whose tests each launch several torch processes (torchrun ranks, launchers): under
+# ``pytest -n 2 --dist loadgroup`` (``make test``) they share one xdist worker, so two of them
+# never compete for the two cores while the single-process tests run on the other worker.
+_MULTI_PROCESS_FILES = ("test_multinode.py", "test_train_preempt.py", "test_train_crash.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in _MULTI_PROCESS_FILES or "torchrun" in item.name:
+            item.add_marker(pytest.mark.xdist_group("multi_process"))
