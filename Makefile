@@ -23,10 +23,10 @@ nginx:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) \
 	  || echo "nginx not installed: the nginx tests will skip (apt-get install nginx-light)"; }
 
-# Two pytest workers: the tests that each start several torch processes (torchrun ranks) share
-# one worker (the xdist_group in tests/conftest.py), the single-process tests run on the other.
-# TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=N runs N pytest workers (pytest-xdist; the tests that each start several torch
+# processes share one of them, see tests/conftest.py). Worth it with more than 2 cores; on 2
+# cores two workers measured no gain (docs/BENCHMARKS.md), so the default is one process.
+TEST_WORKERS ?= 0
 test: $(STAMP) nginx
 	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 

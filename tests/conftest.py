@@ -277,8 +277,8 @@ def gcs_proxy(gcs, monkeypatch):
 
 
 # Files whose tests each launch several torch processes (torchrun ranks, launchers): under
-# ``pytest -n 2 --dist loadgroup`` (``make test``) they share one xdist worker, so two of them
-# never compete for the two cores while the single-process tests run on the other worker.
+# ``pytest -n N --dist loadgroup`` (``make test TEST_WORKERS=N``) they share one xdist worker,
+# so two of them never compete for the cores while the single-process tests run on the others.
 _MULTI_PROCESS_FILES = ("test_multinode.py", "test_train_preempt.py", "test_train_crash.py")
 
 
