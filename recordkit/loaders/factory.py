@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from recordkit.dataset import Dataset, open_dataset
+from recordkit.dataset import Dataset, Split, open_dataset
 from recordkit.loaders.augment import Augment
 from recordkit.loaders.sampling import RecordSampler, resolve_rank_world
 
 if TYPE_CHECKING:
-    from recordkit.loaders.streaming import RemoteOptions
+    from recordkit.loaders.streaming import RemoteOptions, ShardWindowSampler
 
 __all__ = [
     "Loader",
@@ -136,6 +136,23 @@ def resolve_device(
     if torch.cuda.is_initialized():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cuda", 0)
+
+
+def _through_cache(
+    split: Split, remote: RemoteOptions, **sampling: Any
+) -> tuple[Split, ShardWindowSampler, int]:
+    """How a rank streams remote ``split`` through the shard cache, for either backend: the
+    split reading through the cache, its :class:`~recordkit.loaders.streaming.ShardWindowSampler`
+    (``sampling``: the :class:`RecordSampler` arguments) and the rank's byte budget (its share
+    of the node's cache limit)."""
+    from recordkit.loaders.streaming import ShardWindowSampler, cached_split, window_for
+
+    cache = remote.cache()
+    budget = cache.limit // local_world_size()
+    sampler = ShardWindowSampler(
+        [e.records for e in split.entries], window=window_for(split, budget), **sampling
+    )
+    return cached_split(split, cache), sampler, budget
 
 
 def make_loader(
@@ -275,26 +292,19 @@ def make_loader(
 
         stream = None
         if sp.remote:
-            from recordkit.loaders.streaming import (
-                ShardWindowSampler,
-                StreamedBatches,
-                cached_split,
-                window_for,
-            )
+            from recordkit.loaders.streaming import StreamedBatches
 
             assert remote is not None
-            cache = remote.cache()
-            budget = cache.limit // local_world_size()
-            order = ShardWindowSampler(
-                [e.records for e in sp.entries],
-                window=window_for(sp, budget),
+            cached, order, budget = _through_cache(
+                sp,
+                remote,
                 rank=rank,
                 world_size=world_size,
                 shuffle=shuffle,
                 seed=seed,
                 drop_last=drop_last,
             )
-            stream = StreamedBatches(cached_split(sp, cache), order, batch_size, budget)
+            stream = StreamedBatches(cached, order, batch_size, budget)
         return DaliLoader(
             sp,
             batch_size=batch_size,
@@ -334,22 +344,13 @@ def make_loader(
         drop_last=drop_last,
         with_seeds=True,
     )
+    sampler: RecordSampler
     if read == "cache":
-        from recordkit.loaders.streaming import (
-            ShardFeeder,
-            ShardWindowSampler,
-            cached_split,
-            window_for,
-        )
+        from recordkit.loaders.streaming import ShardFeeder
 
         assert remote is not None
-        cache = remote.cache()
-        budget = cache.limit // local_world_size()
-        dataset.split = cached_split(sp, cache)
+        dataset.split, sampler, budget = _through_cache(sp, remote, **sampling)
         feeder = ShardFeeder(dataset.split, budget)
-        sampler: RecordSampler = ShardWindowSampler(
-            [e.records for e in sp.entries], window=window_for(sp, budget), **sampling
-        )
     else:
         sampler = RecordSampler(len(dataset), **sampling)
     return TorchLoader(
