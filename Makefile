@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo clean proto gpu-wheels gpu-check nginx
+.PHONY: venv test test-slow test-all lint demo clean proto gpu-wheels gpu-check nginx
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,24 @@ nginx:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) \
 	  || echo "nginx not installed: the nginx tests will skip (apt-get install nginx-light)"; }
 
+# `make test` is the development loop: the suite without the tests marked `slow` (the ones that
+# start several torch processes or train for a minute: the demo at its defaults, two simulated
+# nodes, preemption and resume under torchrun, crashing ranks, the opt-in model sweep).
+# `make test-slow` runs those; `make test-all` runs both in one pytest. CI (.ci/run) runs
+# `make test` and then `make test-slow`, so every test runs in CI. Timings: docs/BENCHMARKS.md.
 # TEST_WORKERS=N runs N pytest workers (pytest-xdist; the tests that each start several torch
 # processes share one of them, see tests/conftest.py). Worth it with more than 2 cores; on 2
 # cores two workers measured no gain (docs/BENCHMARKS.md), so the default is one process.
 TEST_WORKERS ?= 0
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 test: $(STAMP) nginx
-	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP) nginx
+	$(PYTEST) -m slow
+
+test-all: $(STAMP) nginx
+	$(PYTEST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recordkit recordkit_train tools tests

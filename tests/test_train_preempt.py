@@ -148,7 +148,6 @@ def _signal_at(monkeypatch: pytest.MonkeyPatch, step: int, signum: int) -> None:
     monkeypatch.setattr(engine, "_train_step", _step)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("backend", "signum"),
     [
@@ -201,7 +200,6 @@ def test_cli_exits_75_with_one_line(
     assert "Traceback" not in result.output
 
 
-@pytest.mark.slow
 def test_checkpoint_every_survives_a_hard_kill(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: Any
 ) -> None:
