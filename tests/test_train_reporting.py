@@ -14,6 +14,7 @@ from recordkit_train.engine import train
 from tests.test_train_engine import N_TRAIN, _config, data  # noqa: F401  (fixture)
 
 ITERS = N_TRAIN // 8  # batch 8, drop_last
+ARCH = "lenet"  # the reports are under test, not a model: a LeNet step takes milliseconds
 
 
 def _scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -45,7 +46,7 @@ def test_progress_bar_and_log_lines_share_stderr(
     old_level = engine_log.level
     engine_log.setLevel(logging.INFO)
     try:
-        train(_config(data, tmp_path / "run", epochs=1, progress=True), device="cpu")
+        train(_config(data, tmp_path / "run", epochs=1, progress=True, arch=ARCH), device="cpu")
     finally:
         engine_log.removeHandler(handler)
         engine_log.setLevel(old_level)
@@ -60,7 +61,7 @@ def test_progress_bar_and_log_lines_share_stderr(
 def test_tensorboard_scalars_match_metrics(data: Path, tmp_path: Path) -> None:  # noqa: F811
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
-    train(_config(data, out, tensorboard=True), device="cpu")
+    train(_config(data, out, tensorboard=True, arch=ARCH), device="cpu")
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     tb = _scalars(out / "tensorboard")
     assert [s for s, _ in tb["train/loss"]] == [2, 4, 6, 8]  # print_freq 2, 4 iters/epoch
@@ -73,7 +74,7 @@ def test_tensorboard_scalars_match_metrics(data: Path, tmp_path: Path) -> None: 
 def test_tensorboard_resume_drops_the_redone_steps(data: Path, tmp_path: Path) -> None:  # noqa: F811
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
-    train(_config(data, out, epochs=2, tensorboard=True), device="cpu")
+    train(_config(data, out, epochs=2, tensorboard=True, arch=ARCH), device="cpu")
     # Resume from epoch 1 as if epoch 1 had to be redone: its old events must not double up.
     from recordkit_train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -81,7 +82,9 @@ def test_tensorboard_resume_drops_the_redone_steps(data: Path, tmp_path: Path) -
     state["epoch"] = 1
     save_checkpoint(tmp_path / "epoch1.pt", state)
     train(
-        _config(data, out, epochs=2, tensorboard=True, resume=str(tmp_path / "epoch1.pt")),
+        _config(
+            data, out, epochs=2, tensorboard=True, resume=str(tmp_path / "epoch1.pt"), arch=ARCH
+        ),
         device="cpu",
     )
     tb = _scalars(out / "tensorboard")
