@@ -6,9 +6,10 @@ import glob
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,16 @@ import cv2
 
 from recordkit.format.manifest import MANIFEST_NAME, ShardEntry
 from recordkit.format.writer import ShardWriter
-from recordkit.listing import text_path
+from recordkit.listing import ListEntry, text_path
 from recordkit.memory import MemoryBudget, format_bytes
 from recordkit.pack.lists import (
     SplitList,
-    entry_labels,
     find_lists,
     join_root,
     load_splits,
     outside_root,
     resolve_classes,
+    split_labels,
 )
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
 from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
@@ -46,7 +47,7 @@ from recordkit.pack.state import (
     state_name,
     write_final_manifest,
 )
-from recordkit.pack.work import Job
+from recordkit.pack.work import Job, Outcome
 
 __all__ = ["pack", "Progress"]
 
@@ -128,29 +129,142 @@ _WRITE_BATCH_BYTES = 1 << 20
 the bytes, index and hash are the same as one record at a time)."""
 
 
-def _write_shards(
-    tasks: list[_Task],
+@dataclass
+class _Planned:
+    """The shards of every split, and what the manifest records besides them."""
+
+    plans: list[SplitPlan]
+    extras: dict[str, dict[str, Any]]
+    outside: dict[str, list[dict[str, Any]]] | None  # None: being checked beside the packing
+    dones: dict[str, dict[int, DoneShard]] = field(default_factory=dict)
+
+
+def _plan(
+    root: str,
+    splits: list[SplitList],
+    labels: list[list[tuple[int, ...]]],
+    classes: list[str],
+    opts: PackOptions,
+) -> _Planned:
+    """Plan every split (with ``--strict`` or ``--merge``, check for entries outside ROOT)."""
+    plans = [
+        plan_split(s.name, s.entries, lab, root, classes, opts)
+        for s, lab in zip(splits, labels, strict=True)
+    ]
+    extras = {s.name: {"lists": [f.name for f in s.files]} for s in splits}
+    # --strict refuses before writing; --merge packs nothing to check beside
+    outside = _outside_root(root, splits, opts.strict) if opts.strict or opts.merge else None
+    return _Planned(plans, extras, outside)
+
+
+def _fresh(out: Path, splits: list[SplitList], existing: Any, opts: PackOptions) -> bool:
+    """Whether ``out`` holds nothing of these splits to keep or to refuse on, so that every
+    entry will be packed whatever the plan: one pack (no ``--part``), and either ``--overwrite``
+    or no shard, state file or manifest entry of any of the splits."""
+    if opts.part[1] != 1:
+        return False
+    if opts.overwrite:
+        return True
+    return not any(
+        (existing is not None and s.name in existing.splits)
+        or split_files(out, s.name)
+        or state_files(out, s.name)
+        for s in splits
+    )
+
+
+def _tasks(
+    planned: _Planned, out: Path, opts: PackOptions, remote: RemoteOutput | None, fresh: bool
+) -> list[_Task]:
+    """The shards to write: the owned ones not finished already (``--resume``); clears what
+    ``out`` holds of them. Records which shards are kept in ``planned.dones``.
+
+    Raises:
+        PackError: See :func:`_prepare`; with ``fresh`` (the images were processed before
+            this was known), also when ``out`` now has shards to keep after all.
+    """
+    tasks: list[_Task] = []
+    for plan in planned.plans:
+        done = remote.prepare(plan) if remote is not None else _prepare(out, plan, opts)
+        if fresh and done != {}:
+            raise PackError(f"{out} changed while split {plan.name!r} was planned; pack again")
+        if done is None:
+            logger.info("split %s is already packed in %s", plan.name, out)
+            continue
+        state = StateFile(out / state_name(plan.name, opts.part), plan, opts.part, opts.fsync)
+        state.done = {k: v for k, v in done.items() if k % opts.part[1] == opts.part[0]}
+        planned.dones[plan.name] = done
+        for shard in _owned(plan, opts.part):
+            if shard.number not in done:
+                tasks.append(_Task(plan, shard, state))
+            else:
+                logger.info("keeping finished shard %s", shard.file)
+        for shard in _owned(plan, opts.part):
+            _remove(
+                p
+                for p in (
+                    out / (shard.file + ".tmp"),
+                    out / (Path(shard.file).with_suffix(".idx").name + ".tmp"),
+                )
+            )
+    return tasks
+
+
+def _jobs(
     root: str,
     classes: list[str],
+    parts: Iterable[tuple[Sequence[ListEntry], Sequence[tuple[int, ...]], int, int]],
+) -> Iterator[Job]:
+    """The jobs of ``entries[start:stop]`` (with their ``labels``) for each part, in order."""
+    for entries, labels, start, stop in parts:
+        for j in range(start, stop):
+            entry, lab = entries[j], labels[j]
+            yield Job(
+                join_root(root, entry.path),
+                lab,
+                entry.path.replace(os.sep, "/"),
+                entry.index,
+                classes[lab[0]],
+            )
+
+
+_AHEAD_BYTES = 64 << 20
+"""Records processed while the shards are still being planned wait in memory up to this many
+bytes (then the packer waits for the plan)."""
+
+
+def _ahead(
+    planned: Future[_Planned], stream: Iterator[Outcome], limit: int, seen: Callable[[], None]
+) -> tuple[_Planned, deque[Outcome]]:
+    """Read outcomes from ``stream`` while ``planned`` is being made, at most ``limit`` bytes
+    of records; return the plan and the outcomes read (``seen()`` after each)."""
+    got: deque[Outcome] = deque()
+    held = 0
+    while not planned.done() and held < limit:
+        outcome = next(stream, None)
+        if outcome is None:
+            break
+        got.append(outcome)
+        held += len(outcome[0]) if outcome[0] is not None else 0
+        seen()
+    return planned.result(), got
+
+
+def _write_shards(
+    planned: _Planned | Future[_Planned],
+    tasks_of: Callable[[_Planned], list[_Task]],
+    jobs: Iterable[Job],
+    total: int,
+    root: str,
     out: Path,
     opts: PackOptions,
     progress: Progress | None,
     stats: _Stats,
     early: ProcessWorkers | None = None,
     remote: RemoteOutput | None = None,
-) -> None:
-    total = sum(t.shard.stop - t.shard.start for t in tasks)
-    jobs = (
-        Job(
-            join_root(root, t.plan.entries[j].path),
-            t.plan.labels[j],
-            t.plan.entries[j].path.replace(os.sep, "/"),
-            t.plan.entries[j].index,
-            classes[t.plan.labels[j][0]],
-        )
-        for t in tasks
-        for j in range(t.shard.start, t.shard.stop)
-    )
+) -> tuple[_Planned, list[_Task]]:
+    """Process ``jobs`` (``total`` of them) and write them into the shards of
+    ``tasks_of(planned)``; with a future plan, the images are processed while it is made."""
     budget = MemoryBudget(opts.memory, "--memory") if opts.memory else MemoryBudget.probe()
     logger.info(
         "images may use %s of memory to decode (%s)", format_bytes(budget.total), budget.source
@@ -173,6 +287,19 @@ def _write_shards(
             processes=opts.threads,
             workers=early,
         )
+        reported = 0
+
+        def seen() -> None:
+            nonlocal reported
+            reported += 1
+            if progress is not None:
+                progress(reported, total)
+
+        got: deque[Outcome] = deque()
+        if isinstance(planned, Future):  # start on the images while the shards are planned
+            planned, got = _ahead(planned, stream, min(_AHEAD_BYTES, budget.total // 4), seen)
+        tasks = tasks_of(planned)
+        outcomes = _drain(got, stream)
         for task in tasks:
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
@@ -180,7 +307,7 @@ def _write_shards(
                 frames: list[bytes] = []  # written together (one write, one hash update)
                 held = 0
                 for j in range(shard.start, shard.stop):
-                    framed, reason, nbytes = next(stream)
+                    framed, reason, nbytes = next(outcomes)
                     stats.images += 1
                     stats.bytes_in += nbytes
                     if framed is None:
@@ -197,8 +324,8 @@ def _write_shards(
                         if held >= _WRITE_BATCH_BYTES or len(frames) >= _WRITE_BATCH_RECORDS:
                             writer.write_framed_many(frames)
                             frames, held = [], 0
-                    if progress is not None:
-                        progress(stats.images, total)
+                    if stats.images > reported:
+                        seen()
                 writer.write_framed_many(frames)
             info = writer.info
             assert info is not None
@@ -221,6 +348,14 @@ def _write_shards(
             early.close(kill=True)
         pool.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(cv2_threads)
+    return planned, tasks
+
+
+def _drain(got: deque[Outcome], stream: Iterator[Outcome]) -> Iterator[Outcome]:
+    """The outcomes read ahead (freed as they are taken), then the rest of ``stream``."""
+    while got:
+        yield got.popleft()
+    yield from stream
 
 
 def pack(
@@ -262,12 +397,14 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
-    classes, from_dirs = resolve_classes(splits, opts.pack_label)
+    labels = [split_labels(s, opts.pack_label) for s in splits]
+    classes, from_dirs = resolve_classes(splits, opts.pack_label, labels)
     if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
         remote = RemoteOutput.open(opts)
         try:
+            staging = remote.staging
             return _pack(
-                root_s, splits, classes, from_dirs, remote.staging, opts, progress, remote, t0
+                root_s, splits, labels, classes, from_dirs, staging, opts, progress, remote, t0
             )
         finally:
             remote.close()
@@ -276,12 +413,13 @@ def pack(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
-    return _pack(root_s, splits, classes, from_dirs, out, opts, progress, None, t0)
+    return _pack(root_s, splits, labels, classes, from_dirs, out, opts, progress, None, t0)
 
 
 def _pack(
     root_s: str,
     splits: list[SplitList],
+    labels: list[list[tuple[int, ...]]],
     classes: list[str],
     from_dirs: bool,
     out: Path,
@@ -297,53 +435,54 @@ def _pack(
     )
     if existing is not None and not replaced_all:
         classes = check_classes(existing, classes, from_dirs, out)
-    plans = []
-    for s in splits:
-        source = ", ".join(str(p) for p in s.files)
-        labels = [entry_labels(e, opts.pack_label, source) for e in s.entries]
-        plans.append(plan_split(s.name, s.entries, labels, root_s, classes, opts))
-    extras = {
-        p.name: {"lists": [f.name for f in s.files]} for p, s in zip(plans, splits, strict=True)
-    }
-    if opts.strict or opts.merge:  # needed now: --strict refuses before packing
-        outside = _outside_root(root_s, splits, opts.strict)
-        checked: Future[dict[str, list[dict[str, Any]]]] | None = None
-    else:  # only the manifest needs it: an lstat walk that runs while the images are packed
+    if opts.merge:
+        planned = _plan(root_s, splits, labels, classes, opts)
+        outside = planned.outside
+        assert outside is not None
+        return merge_parts(out, planned.plans, classes, from_dirs, planned.extras, outside, t0)
+    checked: Future[dict[str, list[dict[str, Any]]]] | None = None
+    if not opts.strict:  # only the manifest needs it: an lstat walk beside the packing
         checker = ThreadPoolExecutor(1, thread_name_prefix="recordkit-outside")
         checked = checker.submit(_outside_root, root_s, splits, False)
         checker.shutdown(wait=False)
 
-    if opts.merge:
-        return merge_parts(out, plans, classes, from_dirs, extras, outside, t0)
-
-    tasks: list[_Task] = []
-    dones: dict[str, dict[int, DoneShard]] = {}
-    for plan in plans:
-        done = remote.prepare(plan) if remote is not None else _prepare(out, plan, opts)
-        if done is None:
-            logger.info("split %s is already packed in %s", plan.name, out)
-            continue
-        state = StateFile(out / state_name(plan.name, opts.part), plan, opts.part, opts.fsync)
-        state.done = {k: v for k, v in done.items() if k % opts.part[1] == opts.part[0]}
-        dones[plan.name] = done
-        for shard in _owned(plan, opts.part):
-            if shard.number not in done:
-                tasks.append(_Task(plan, shard, state))
-            else:
-                logger.info("keeping finished shard %s", shard.file)
-        for shard in _owned(plan, opts.part):
-            _remove(
-                p
-                for p in (
-                    out / (shard.file + ".tmp"),
-                    out / (Path(shard.file).with_suffix(".idx").name + ".tmp"),
-                )
-            )
-
     stats = _Stats()
-    _write_shards(tasks, root_s, classes, out, opts, progress, stats, early, remote)
-    if checked is not None:
-        outside = checked.result()
+    if remote is None and _fresh(out, splits, existing, opts):
+        # Every entry is packed whatever the plan says: the images need not wait for it.
+        planner = ThreadPoolExecutor(1, thread_name_prefix="recordkit-plan")
+        future = planner.submit(_plan, root_s, splits, labels, classes, opts)
+        planner.shutdown(wait=False)
+        whole = ((s.entries, lab, 0, len(s.entries)) for s, lab in zip(splits, labels, strict=True))
+        total = sum(len(s.entries) for s in splits)
+        jobs = _jobs(root_s, classes, whole)
+
+        def tasks_of(planned: _Planned) -> list[_Task]:
+            return _tasks(planned, out, opts, remote, fresh=True)
+
+        planned, tasks = _write_shards(
+            future, tasks_of, jobs, total, root_s, out, opts, progress, stats, early, remote
+        )
+    else:
+        planned = _plan(root_s, splits, labels, classes, opts)
+        tasks = _tasks(planned, out, opts, remote, fresh=False)
+        parts = ((t.plan.entries, t.plan.labels, t.shard.start, t.shard.stop) for t in tasks)
+        total = sum(t.shard.stop - t.shard.start for t in tasks)
+        _write_shards(
+            planned,
+            lambda _: tasks,
+            _jobs(root_s, classes, parts),
+            total,
+            root_s,
+            out,
+            opts,
+            progress,
+            stats,
+            early,
+            remote,
+        )
+    plans, dones, extras = planned.plans, planned.dones, planned.extras
+    outside = checked.result() if checked is not None else planned.outside
+    assert outside is not None
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
