@@ -505,13 +505,27 @@ def read_list(path: str | os.PathLike[str]) -> list[ListEntry]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     entries: list[ListEntry] = []
-    # Split on \n only (bytes.splitlines would also split on \r alone, \x0b, \x0c, \x1c...).
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        line = raw.decode("utf-8", errors="surrogateescape")
+    append = entries.append
+    # Split on \n only (str.splitlines would also split on \r alone, \x0b, \x0c, \x1c...).
+    # Decoding the whole file at once gives the same lines: \n never occurs inside a UTF-8
+    # sequence, and an undecodable byte is escaped alone either way.
+    text = data.decode("utf-8", errors="surrogateescape")
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        fields = line.split("\t")
+        if len(fields) == 3:  # the common line, quickly; anything unusual takes _parse_line
+            path = fields[2].strip()
+            try:
+                index, label = int(fields[0]), float(fields[1])
+            except ValueError:
+                pass
+            else:
+                if -(2**63) <= index < 2**63 and path and "\x00" not in path:
+                    append(ListEntry(index, (label,), path))
+                    continue
         if not line.strip():
             continue
         try:
-            entries.append(_parse_line(line))
+            append(_parse_line(line))
         except (ValueError, ListError) as err:
             shown = line.strip()
             if len(shown) > 80:

@@ -215,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack-threads", type=int, default=2, help="threads for upscale / thumbs")
     ap.add_argument("--im2rec", type=Path, help="MXNet's tools/im2rec.py (upscale / thumbs)")
     ap.add_argument("--mxnet-python", type=Path, help="a Python that imports mxnet and cv2")
+    ap.add_argument(
+        "--base",
+        type=Path,
+        help="another recordkit checkout (upscale / thumbs): its equal-work pack runs too, "
+        "alternating, with PYTHONPATH pointing at it (this one's runs get this checkout's)",
+    )
     args = ap.parse_args(argv)
     if args.case != "downscale":
         from pack_cases import side_by_side
