@@ -216,13 +216,18 @@ def _jobs(
     parts: Iterable[tuple[Sequence[ListEntry], Sequence[tuple[int, ...]], int, int]],
 ) -> Iterator[Job]:
     """The jobs of ``entries[start:stop]`` (with their ``labels``) for each part, in order."""
+    # join_root and the separator change without a call per entry where they are plain
+    quick = not os.altsep and bool(root)
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    slash = os.sep == "/"
     for entries, labels, start, stop in parts:
         for j in range(start, stop):
             entry, lab = entries[j], labels[j]
+            path = entry.path
             yield Job(
-                join_root(root, entry.path),
+                prefix + path if quick and path[:1] != os.sep else join_root(root, path),
                 lab,
-                entry.path.replace(os.sep, "/"),
+                path if slash else path.replace(os.sep, "/"),
                 entry.index,
                 classes[lab[0]],
             )
