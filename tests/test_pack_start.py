@@ -18,6 +18,7 @@ from recordkit.listing import make_lists
 from recordkit.pack import PackError, pack
 from recordkit.pack import core as pack_core
 from recordkit.pack import lists as pack_lists
+from recordkit.pack import prepare as pack_prepare
 
 
 class Progress:
@@ -35,7 +36,7 @@ class Progress:
 def hold_plan_until_an_image(monkeypatch, progress: Progress, seen_at_plan: list[int]) -> None:
     """``plan_split`` waits (up to 30 s) for the first processed image, then records how many
     images the progress had counted when it returned."""
-    real = pack_core.plan_split
+    real = pack_prepare.plan_split
 
     def plan_split(*args, **kwargs):
         progress.first.wait(30)
@@ -43,7 +44,7 @@ def hold_plan_until_an_image(monkeypatch, progress: Progress, seen_at_plan: list
         seen_at_plan.append(progress.count)
         return plan
 
-    monkeypatch.setattr(pack_core, "plan_split", plan_split)
+    monkeypatch.setattr(pack_prepare, "plan_split", plan_split)
 
 
 @pytest.mark.parametrize("pool", ["threads", "processes"])
@@ -59,16 +60,16 @@ def test_overlapped_plan_gives_the_same_bytes_as_planning_first(tmp_path, monkey
 
     first = tmp_path / "first"
     with monkeypatch.context() as m:
-        m.setattr(pack_core, "_fresh", lambda *a: False)  # the plan before any image
+        m.setattr(pack_core, "nothing_to_keep", lambda *a: False)  # the plan before any image
         progress = Progress()
         seen: list[int] = []
-        real = pack_core.plan_split
+        real = pack_prepare.plan_split
 
         def plan_split(*args, **kwargs):
             seen.append(progress.count)
             return real(*args, **kwargs)
 
-        m.setattr(pack_core, "plan_split", plan_split)
+        m.setattr(pack_prepare, "plan_split", plan_split)
         pack(prefix, root, opts(first, **common), progress=progress)
         assert seen == [0, 0]  # train, val: planned before anything was processed
 
@@ -96,7 +97,7 @@ def test_records_read_ahead_of_the_plan_are_bounded(tmp_path, monkeypatch):
     pack(prefix, root, opts(out, threads=2, shard_size=5), progress=progress)
     assert seen == [1]  # the packer stopped reading after one record until the plan came
     serial = tmp_path / "serial"
-    monkeypatch.setattr(pack_core, "_fresh", lambda *a: False)
+    monkeypatch.setattr(pack_core, "nothing_to_keep", lambda *a: False)
     pack(prefix, root, opts(serial, threads=2, shard_size=5))
     assert shard_bytes(out) == shard_bytes(serial)
 
@@ -112,17 +113,19 @@ def test_resume_plans_first_and_keeps_finished_shards(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # two shards finished, the third begun
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(pack_core, "_fresh", lambda *a: False)  # no image before the plan: certain
+        m.setattr(
+            pack_core, "nothing_to_keep", lambda *a: False
+        )  # no image before the plan: certain
         pack(prefix, root, opts(out, shard_size=4), progress=stop_after_9)
     progress = Progress()
     seen: list[int] = []
-    real = pack_core.plan_split
+    real = pack_prepare.plan_split
 
     def plan_split(*args, **kwargs):
         seen.append(progress.count)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pack_core, "plan_split", plan_split)
+    monkeypatch.setattr(pack_prepare, "plan_split", plan_split)
     res = pack(prefix, root, opts(out, shard_size=4, resume=True), progress=progress)
     assert seen == [0]  # planned before any image: the plan says what to keep
     assert res.splits["train"].shards_reused == 2 and res.images == 4, res
@@ -132,14 +135,14 @@ def test_resume_plans_first_and_keeps_finished_shards(tmp_path, monkeypatch):
 def test_an_output_that_changes_while_planning_is_refused(tmp_path, monkeypatch):
     prefix, root = make_dataset(tmp_path, per_class=4)
     out = tmp_path / "s"
-    real = pack_core.plan_split
+    real = pack_prepare.plan_split
 
     def plan_split(*args, **kwargs):  # another pack leaves a shard meanwhile
         out.mkdir(exist_ok=True)
         (out / "train-00000-of-00003.tfrecord.tmp").write_bytes(b"x")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pack_core, "plan_split", plan_split)
+    monkeypatch.setattr(pack_prepare, "plan_split", plan_split)
     with pytest.raises(PackError, match="holds an unfinished pack of split 'train'"):
         pack(prefix, root, opts(out, shard_size=4))
     assert not (out / "recordkit.json").exists()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,30 @@ from recordkit.pack.lists import (
     find_lists,
     join_root,
     load_splits,
-    outside_root,
     resolve_classes,
     split_labels,
 )
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
-from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
-from recordkit.pack.pool import ProcessWorkers, ordered, start_early
+from recordkit.pack.pool import ProcessWorkers, ordered
+from recordkit.pack.prepare import (
+    Planned,
+    Task,
+    nothing_to_keep,
+    outside_report,
+    owned,
+    plan_all,
+    remove,
+    shards_to_write,
+    start_early_workers,
+)
 from recordkit.pack.remote import RemoteOutput
 from recordkit.pack.state import (
     DoneShard,
-    StateFile,
-    already_packed,
     check_classes,
-    drop_split_from_manifest,
-    finished_shards,
     merge_parts,
     packed_outside,
     read_existing_manifest,
-    split_files,
     state_files,
-    state_name,
     write_final_manifest,
 )
 from recordkit.pack.work import Job, Outcome
@@ -58,156 +60,16 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class _Task:
-    plan: SplitPlan
-    shard: ShardPlan
-    state: StateFile
-
-
-@dataclass
 class _Stats:
     images: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
 
 
-def _remove(paths: Iterable[Path]) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
-
-
-def _owned(plan: SplitPlan, part: tuple[int, int]) -> list[ShardPlan]:
-    k, n = part
-    return [s for s in plan.shards if s.number % n == k]
-
-
-def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneShard] | None:
-    """Clear or check what ``out`` holds of this split; return the shards to keep.
-
-    Returns ``None`` when the split is already packed with the same fingerprint (``resume``).
-    """
-    existing = read_existing_manifest(out)
-    owned = _owned(plan, opts.part)
-    single = opts.part[1] == 1
-    own_state = out / state_name(plan.name, opts.part)
-    if single:
-        leftovers = split_files(out, plan.name) + state_files(out, plan.name)
-    else:
-        names = {s.file for s in owned} | {Path(s.file).with_suffix(".idx").name for s in owned}
-        leftovers = [p for p in split_files(out, plan.name) if p.name.split(".tmp")[0] in names]
-        leftovers += [own_state] if own_state.exists() else []
-    # A state file being rewritten when the process was killed leaves its temporary copy.
-    _remove(out.glob(f"{glob.escape(own_state.name)}.*.tmp"))
-    if opts.overwrite:
-        drop_split_from_manifest(out, plan.name)
-        _remove(leftovers)
-        return {}
-    if already_packed(existing, plan, str(out), resume=opts.resume):
-        return None
-    if opts.resume:
-        return finished_shards(out, plan)
-    if leftovers:
-        raise PackError(
-            f"{out} holds an unfinished pack of split {plan.name!r} ({leftovers[0].name}); "
-            "use --resume to finish it or --overwrite to start over"
-        )
-    return {}
-
-
-def _start_early(root: str, splits: list[SplitList], opts: PackOptions) -> ProcessWorkers | None:
-    """Worker processes started now when a sample of 16 inputs says thumbnails (see
-    :func:`recordkit.pack.pool.start_early`); they exit when dropped unused."""
-    entries = [e for s in splits for e in s.entries]
-    n = len(entries)
-    sample = [os.path.join(root, entries[k * n // 16].path) for k in range(min(n, 16))]
-    return start_early(opts.pool, opts.threads, n, sample, opts.image)
-
-
 _WRITE_BATCH_RECORDS = 256
 _WRITE_BATCH_BYTES = 1 << 20
 """The packer hands the writer this many records or bytes at a time (fewer calls per record;
 the bytes, index and hash are the same as one record at a time)."""
-
-
-@dataclass
-class _Planned:
-    """The shards of every split, and what the manifest records besides them."""
-
-    plans: list[SplitPlan]
-    extras: dict[str, dict[str, Any]]
-    outside: dict[str, list[dict[str, Any]]] | None  # None: being checked beside the packing
-    dones: dict[str, dict[int, DoneShard]] = field(default_factory=dict)
-
-
-def _plan(
-    root: str,
-    splits: list[SplitList],
-    labels: list[list[tuple[int, ...]]],
-    classes: list[str],
-    opts: PackOptions,
-) -> _Planned:
-    """Plan every split (with ``--strict`` or ``--merge``, check for entries outside ROOT)."""
-    plans = [
-        plan_split(s.name, s.entries, lab, root, classes, opts)
-        for s, lab in zip(splits, labels, strict=True)
-    ]
-    extras = {s.name: {"lists": [f.name for f in s.files]} for s in splits}
-    # --strict refuses before writing; --merge packs nothing to check beside
-    outside = _outside_root(root, splits, opts.strict) if opts.strict or opts.merge else None
-    return _Planned(plans, extras, outside)
-
-
-def _fresh(out: Path, splits: list[SplitList], existing: Any, opts: PackOptions) -> bool:
-    """Whether ``out`` holds nothing of these splits to keep or to refuse on, so that every
-    entry will be packed whatever the plan: one pack (no ``--part``), and either ``--overwrite``
-    or no shard, state file or manifest entry of any of the splits."""
-    if opts.part[1] != 1:
-        return False
-    if opts.overwrite:
-        return True
-    return not any(
-        (existing is not None and s.name in existing.splits)
-        or split_files(out, s.name)
-        or state_files(out, s.name)
-        for s in splits
-    )
-
-
-def _tasks(
-    planned: _Planned, out: Path, opts: PackOptions, remote: RemoteOutput | None, fresh: bool
-) -> list[_Task]:
-    """The shards to write: the owned ones not finished already (``--resume``); clears what
-    ``out`` holds of them. Records which shards are kept in ``planned.dones``.
-
-    Raises:
-        PackError: See :func:`_prepare`; with ``fresh`` (the images were processed before
-            this was known), also when ``out`` now has shards to keep after all.
-    """
-    tasks: list[_Task] = []
-    for plan in planned.plans:
-        done = remote.prepare(plan) if remote is not None else _prepare(out, plan, opts)
-        if fresh and done != {}:
-            raise PackError(f"{out} changed while split {plan.name!r} was planned; pack again")
-        if done is None:
-            logger.info("split %s is already packed in %s", plan.name, out)
-            continue
-        state = StateFile(out / state_name(plan.name, opts.part), plan, opts.part, opts.fsync)
-        state.done = {k: v for k, v in done.items() if k % opts.part[1] == opts.part[0]}
-        planned.dones[plan.name] = done
-        for shard in _owned(plan, opts.part):
-            if shard.number not in done:
-                tasks.append(_Task(plan, shard, state))
-            else:
-                logger.info("keeping finished shard %s", shard.file)
-        for shard in _owned(plan, opts.part):
-            _remove(
-                p
-                for p in (
-                    out / (shard.file + ".tmp"),
-                    out / (Path(shard.file).with_suffix(".idx").name + ".tmp"),
-                )
-            )
-    return tasks
 
 
 def _jobs(
@@ -239,8 +101,8 @@ bytes (then the packer waits for the plan)."""
 
 
 def _ahead(
-    planned: Future[_Planned], stream: Iterator[Outcome], limit: int, seen: Callable[[], None]
-) -> tuple[_Planned, deque[Outcome]]:
+    planned: Future[Planned], stream: Iterator[Outcome], limit: int, seen: Callable[[], None]
+) -> tuple[Planned, deque[Outcome]]:
     """Read outcomes from ``stream`` while ``planned`` is being made, at most ``limit`` bytes
     of records; return the plan and the outcomes read (``seen()`` after each)."""
     got: deque[Outcome] = deque()
@@ -256,8 +118,8 @@ def _ahead(
 
 
 def _write_shards(
-    planned: _Planned | Future[_Planned],
-    tasks_of: Callable[[_Planned], list[_Task]],
+    planned: Planned | Future[Planned],
+    tasks_of: Callable[[Planned], list[Task]],
     jobs: Iterable[Job],
     total: int,
     root: str,
@@ -267,7 +129,7 @@ def _write_shards(
     stats: _Stats,
     early: ProcessWorkers | None = None,
     remote: RemoteOutput | None = None,
-) -> tuple[_Planned, list[_Task]]:
+) -> tuple[Planned, list[Task]]:
     """Process ``jobs`` (``total`` of them) and write them into the shards of
     ``tasks_of(planned)``; with a future plan, the images are processed while it is made."""
     budget = MemoryBudget(opts.memory, "--memory") if opts.memory else MemoryBudget.probe()
@@ -402,23 +264,27 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
-    labels = [split_labels(s, opts.pack_label) for s in splits]
-    classes, from_dirs = resolve_classes(splits, opts.pack_label, labels)
-    if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
-        remote = RemoteOutput.open(opts)
-        try:
-            staging = remote.staging
-            return _pack(
-                root_s, splits, labels, classes, from_dirs, staging, opts, progress, remote, t0
-            )
-        finally:
-            remote.close()
-    out = opts.out
+    # Worker processes import while the labels, classes and shards are worked out.
+    early = None if opts.merge else start_early_workers(root_s, splits, opts)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
-    return _pack(root_s, splits, labels, classes, from_dirs, out, opts, progress, None, t0)
+        labels = [split_labels(s, opts.pack_label) for s in splits]
+        classes, from_dirs = resolve_classes(splits, opts.pack_label, labels)
+        args = (root_s, splits, labels, classes, from_dirs)
+        if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
+            remote = RemoteOutput.open(opts)
+            try:
+                return _pack(*args, remote.staging, opts, progress, remote, early, t0)
+            finally:
+                remote.close()
+        out = opts.out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
+        return _pack(*args, out, opts, progress, None, early, t0)
+    finally:
+        if early is not None:  # closed already unless the pack stopped before its images
+            early.close(kill=True)
 
 
 def _pack(
@@ -431,9 +297,9 @@ def _pack(
     opts: PackOptions,
     progress: Progress | None,
     remote: RemoteOutput | None,
+    early: ProcessWorkers | None,
     t0: float,
 ) -> PackResult:
-    early = None if opts.merge else _start_early(root_s, splits, opts)
     existing = read_existing_manifest(out)
     replaced_all = (
         existing is not None and opts.overwrite and set(existing.splits) <= {s.name for s in splits}
@@ -441,35 +307,35 @@ def _pack(
     if existing is not None and not replaced_all:
         classes = check_classes(existing, classes, from_dirs, out)
     if opts.merge:
-        planned = _plan(root_s, splits, labels, classes, opts)
+        planned = plan_all(root_s, splits, labels, classes, opts)
         outside = planned.outside
         assert outside is not None
         return merge_parts(out, planned.plans, classes, from_dirs, planned.extras, outside, t0)
     checked: Future[dict[str, list[dict[str, Any]]]] | None = None
     if not opts.strict:  # only the manifest needs it: an lstat walk beside the packing
         checker = ThreadPoolExecutor(1, thread_name_prefix="recordkit-outside")
-        checked = checker.submit(_outside_root, root_s, splits, False)
+        checked = checker.submit(outside_report, root_s, splits, False)
         checker.shutdown(wait=False)
 
     stats = _Stats()
-    if remote is None and _fresh(out, splits, existing, opts):
+    if remote is None and nothing_to_keep(out, splits, existing, opts):
         # Every entry is packed whatever the plan says: the images need not wait for it.
         planner = ThreadPoolExecutor(1, thread_name_prefix="recordkit-plan")
-        future = planner.submit(_plan, root_s, splits, labels, classes, opts)
+        future = planner.submit(plan_all, root_s, splits, labels, classes, opts)
         planner.shutdown(wait=False)
         whole = ((s.entries, lab, 0, len(s.entries)) for s, lab in zip(splits, labels, strict=True))
         total = sum(len(s.entries) for s in splits)
         jobs = _jobs(root_s, classes, whole)
 
-        def tasks_of(planned: _Planned) -> list[_Task]:
-            return _tasks(planned, out, opts, remote, fresh=True)
+        def tasks_of(planned: Planned) -> list[Task]:
+            return shards_to_write(planned, out, opts, remote, fresh=True)
 
         planned, tasks = _write_shards(
             future, tasks_of, jobs, total, root_s, out, opts, progress, stats, early, remote
         )
     else:
-        planned = _plan(root_s, splits, labels, classes, opts)
-        tasks = _tasks(planned, out, opts, remote, fresh=False)
+        planned = plan_all(root_s, splits, labels, classes, opts)
+        tasks = shards_to_write(planned, out, opts, remote, fresh=False)
         parts = ((t.plan.entries, t.plan.labels, t.shard.start, t.shard.stop) for t in tasks)
         total = sum(t.shard.stop - t.shard.start for t in tasks)
         _write_shards(
@@ -500,15 +366,15 @@ def _pack(
             **dones[plan.name],
             **{t.shard.number: t.state.done[t.shard.number] for t in tasks if t.plan is plan},
         }
-        owned = [s.number for s in _owned(plan, opts.part)]
+        numbers = [s.number for s in owned(plan, opts.part)]
         written = sum(1 for t in tasks if t.plan is plan)
-        mine = [done[k] for k in owned]
+        mine = [done[k] for k in numbers]
         results[plan.name] = SplitResult(
             records=sum(d.entry.records for d in mine),
             shards=len(plan.shards),
             skipped=sum(len(d.skipped) for d in mine),
             shards_written=written,
-            shards_reused=len(owned) - written,
+            shards_reused=len(numbers) - written,
         )
         skipped.extend(
             {"split": plan.name, "path": p, "reason": r} for d in mine for p, r in d.skipped
@@ -521,7 +387,7 @@ def _pack(
             if remote is not None:  # last: every shard it names is uploaded
                 manifest_path = remote.publish([plan.name for plan, _, _ in finals])
             for plan, _, _ in finals:
-                _remove(state_files(out, plan.name))
+                remove(state_files(out, plan.name))
         elif remote is not None:
             remote.finish_uploads()
             manifest_path = remote.remote.child(MANIFEST_NAME)
@@ -539,37 +405,3 @@ def _pack(
         seconds=time.perf_counter() - t0,
         outside_root=[o for name in results for o in outside.get(name, [])],
     )
-
-
-def _outside_root(
-    root: str, splits: list[SplitList], strict: bool
-) -> dict[str, list[dict[str, Any]]]:
-    """Per split, the entries that resolve outside ROOT (im2rec packs them; so do we, naming
-    them); with ``strict`` the first is an error."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for s in splits:
-        found = outside_root(root, s.entries)
-        if found and strict:
-            k, why = found[0]
-            raise PackError(
-                f"{', '.join(str(p) for p in s.files)}: {text_path(s.entries[k].path)!r} is "
-                f"outside ROOT ({why}); --strict refuses it (im2rec would pack it)"
-            )
-        if found:
-            k, why = found[0]
-            logger.warning(
-                "split %s: %d input(s) outside ROOT, packed as im2rec does (first: %s: %s)",
-                s.name,
-                len(found),
-                text_path(s.entries[k].path),
-                why,
-            )
-        out[s.name] = [
-            {
-                "split": s.name,
-                "path": text_path(s.entries[k].path.replace(os.sep, "/")),
-                "reason": f"outside ROOT: {why}",
-            }
-            for k, why in found
-        ]
-    return out
