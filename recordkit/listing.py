@@ -554,15 +554,27 @@ def classes_from_lists(entries: Iterable[ListEntry]) -> list[str]:
             directory. Callers can then fall back to numbered class names.
     """
     dirs_by_label: dict[int, set[str]] = {}
+    checked: dict[float, int] = {}  # few distinct labels: each value checked once
+    slash = os.sep == "/" and not os.altsep
     for entry in entries:
-        value = entry.label
-        if not math.isfinite(value) or value != int(value) or value < 0:
-            raise ListError(
-                f"label {value:f} of {entry.path!r} is not a non-negative integer; "
-                "cannot derive class names"
-            )
-        parent = os.path.dirname(entry.path.replace("/", os.sep)) or "."
-        dirs_by_label.setdefault(int(value), set()).add(parent)
+        value = entry.labels[0]
+        label = checked.get(value)
+        if label is None:
+            if not math.isfinite(value) or value != int(value) or value < 0:
+                raise ListError(
+                    f"label {value:f} of {entry.path!r} is not a non-negative integer; "
+                    "cannot derive class names"
+                )
+            label = checked[value] = int(value)
+        path = entry.path
+        if slash and path[:1] != "/" and "//" not in path:  # os.path.dirname, without a call
+            parent = path.rpartition("/")[0] or "."
+        else:
+            parent = os.path.dirname(path.replace("/", os.sep)) or "."
+        found = dirs_by_label.get(label)
+        if found is None:
+            found = dirs_by_label[label] = set()
+        found.add(parent)
     if not dirs_by_label:
         return []
     classes: list[str] = []

@@ -659,3 +659,11 @@ def test_read_list_fast_path_parses_as_parse_line(tmp_path: Path, line: str) -> 
         assert str(exc) in str(info.value)  # the same reason
         return
     assert repr(read_list(p)) == repr(want)
+
+
+def test_classes_from_lists_parent_is_os_path_dirname() -> None:
+    """The quick parent-directory split agrees with ``os.path.dirname`` on awkward paths."""
+    paths = ["a/x.jpg", "a/", "x.jpg", "./x.jpg", "a//x.jpg", "/r/a/x.jpg", "a/b/", "b/c/d.png"]
+    for path in paths:
+        want = os.path.dirname(path.replace("/", os.sep)) or "."
+        assert classes_from_lists([ListEntry(0, (0.0,), path)]) == [want], path
