@@ -26,7 +26,11 @@ Usage::
     .venv/bin/python tools/bench_pack.py                       # 300 generated ~100 KB JPEGs
     .venv/bin/python tools/bench_pack.py --images DIR --resize 480 --quality 95 --repeat 3
     .venv/bin/python tools/bench_pack.py --case thumbs --images DIR --repeat 3 \
-        --im2rec /path/to/im2rec.py --mxnet-python /path/to/mxvenv/bin/python
+        --im2rec /path/to/im2rec.py --mxnet-python /path/to/mxvenv/bin/python \
+        [--base /path/to/another/checkout]
+
+The side-by-side cases run this checkout's recordkit (``PYTHONPATH``); ``--base`` adds another
+checkout's equal-work pack to every round (alternating) and checks both write the same shards.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -218,6 +219,20 @@ def _write_shards(
     return planned, tasks
 
 
+def _in_background(fn: Callable[..., Planned], *args: Any) -> Future[Planned]:
+    """``fn(*args)`` on a daemon thread: a pack stopped by Ctrl-C does not wait for the plan."""
+    future: Future[Planned] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the packer's thread with its traceback
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="recordkit-plan", daemon=True).start()
+    return future
+
+
 def _drain(got: deque[Outcome], stream: Iterator[Outcome]) -> Iterator[Outcome]:
     """The outcomes read ahead (freed as they are taken), then the rest of ``stream``."""
     while got:
@@ -320,9 +335,7 @@ def _pack(
     stats = _Stats()
     if remote is None and nothing_to_keep(out, splits, existing, opts):
         # Every entry is packed whatever the plan says: the images need not wait for it.
-        planner = ThreadPoolExecutor(1, thread_name_prefix="recordkit-plan")
-        future = planner.submit(plan_all, root_s, splits, labels, classes, opts)
-        planner.shutdown(wait=False)
+        future = _in_background(plan_all, root_s, splits, labels, classes, opts)
         whole = ((s.entries, lab, 0, len(s.entries)) for s, lab in zip(splits, labels, strict=True))
         total = sum(len(s.entries) for s in splits)
         jobs = _jobs(root_s, classes, whole)
