@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recordkit.format.manifest import Manifest
 from recordkit.listing import text_path
 from recordkit.pack.lists import SplitList, outside_root
 from recordkit.pack.options import PackError, PackOptions
@@ -136,7 +137,9 @@ def plan_all(
     return Planned(plans, extras, outside)
 
 
-def nothing_to_keep(out: Path, splits: list[SplitList], existing: Any, opts: PackOptions) -> bool:
+def nothing_to_keep(
+    out: Path, splits: list[SplitList], existing: Manifest | None, opts: PackOptions
+) -> bool:
     """Whether ``out`` holds nothing of these splits to keep or to refuse on, so that every
     entry will be packed whatever the plan: one pack (no ``--part``), and either ``--overwrite``
     or no shard, state file or manifest entry of any of the splits."""
