@@ -157,3 +157,17 @@ def test_split_labels_match_entry_labels(tmp_path):
     assert pack_lists.split_labels(s, False) == want
     assert sorted({lab for (lab,) in want}) == [0, 1, 2]
     assert pack_lists.resolve_classes(splits, False) == (["c0", "c1", "c2"], True)
+
+
+def test_a_plan_that_fails_after_images_started_writes_nothing(tmp_path, monkeypatch):
+    prefix, root = make_dataset(tmp_path, per_class=4)
+    lst = prefix.with_suffix(".lst")
+    elsewhere = next(root.glob("c0/*")).resolve()
+    lst.write_text(lst.read_text() + f"99\t0.000000\t{elsewhere}\n")  # absolute: outside ROOT
+    progress = Progress()
+    hold_plan_until_an_image(monkeypatch, progress, [])
+    out = tmp_path / "s"
+    with pytest.raises(PackError, match="outside ROOT"):
+        pack(prefix, root, opts(out, shard_size=4, strict=True), progress=progress)
+    assert progress.count >= 1  # images were under way when the plan refused
+    assert not list(out.iterdir())  # no shard, no temporary, no manifest
