@@ -505,13 +505,27 @@ def read_list(path: str | os.PathLike[str]) -> list[ListEntry]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     entries: list[ListEntry] = []
-    # Split on \n only (bytes.splitlines would also split on \r alone, \x0b, \x0c, \x1c...).
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        line = raw.decode("utf-8", errors="surrogateescape")
+    append = entries.append
+    # Split on \n only (str.splitlines would also split on \r alone, \x0b, \x0c, \x1c...).
+    # Decoding the whole file at once gives the same lines: \n never occurs inside a UTF-8
+    # sequence, and an undecodable byte is escaped alone either way.
+    text = data.decode("utf-8", errors="surrogateescape")
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        fields = line.split("\t")
+        if len(fields) == 3:  # the common line, quickly; anything unusual takes _parse_line
+            path = fields[2].strip()
+            try:
+                index, label = int(fields[0]), float(fields[1])
+            except ValueError:
+                pass
+            else:
+                if -(2**63) <= index < 2**63 and path and "\x00" not in path:
+                    append(ListEntry(index, (label,), path))
+                    continue
         if not line.strip():
             continue
         try:
-            entries.append(_parse_line(line))
+            append(_parse_line(line))
         except (ValueError, ListError) as err:
             shown = line.strip()
             if len(shown) > 80:
@@ -540,15 +554,27 @@ def classes_from_lists(entries: Iterable[ListEntry]) -> list[str]:
             directory. Callers can then fall back to numbered class names.
     """
     dirs_by_label: dict[int, set[str]] = {}
+    checked: dict[float, int] = {}  # few distinct labels: each value checked once
+    slash = os.sep == "/" and not os.altsep
     for entry in entries:
-        value = entry.label
-        if not math.isfinite(value) or value != int(value) or value < 0:
-            raise ListError(
-                f"label {value:f} of {entry.path!r} is not a non-negative integer; "
-                "cannot derive class names"
-            )
-        parent = os.path.dirname(entry.path.replace("/", os.sep)) or "."
-        dirs_by_label.setdefault(int(value), set()).add(parent)
+        value = entry.labels[0]
+        label = checked.get(value)
+        if label is None:
+            if not math.isfinite(value) or value != int(value) or value < 0:
+                raise ListError(
+                    f"label {value:f} of {entry.path!r} is not a non-negative integer; "
+                    "cannot derive class names"
+                )
+            label = checked[value] = int(value)
+        path = entry.path
+        if slash and path[:1] != "/" and "//" not in path:  # os.path.dirname, without a call
+            parent = path.rpartition("/")[0] or "."
+        else:
+            parent = os.path.dirname(path.replace("/", os.sep)) or "."
+        found = dirs_by_label.get(label)
+        if found is None:
+            found = dirs_by_label[label] = set()
+        found.add(parent)
     if not dirs_by_label:
         return []
     classes: list[str] = []

@@ -624,3 +624,46 @@ def test_import_is_light() -> None:
         check=True,
     )
     assert proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "4519\t0.000000\tc0/045190.png",
+        " 7 \t 2.5 \t a b.jpg \r",
+        "7\t1_0\tx.jpg",
+        "\u20037\t1e3\tx.jpg\x0b",
+        "99999999999999999999\t1\tx.jpg",
+        "-9223372036854775808\t1\tx.jpg",
+        "7\tnan\tx.jpg",
+        "7\t1.0\t",
+        "7\t1.0\t \t",
+        "\t7\t1.0\tx.jpg",
+        "7\t1.0\tx\x00.jpg",
+        "7\tone\tx.jpg",
+        "x\t1\tx.jpg",
+        "7\t1\t2\tx.jpg",
+        "7\tx.jpg",
+    ],
+)
+def test_read_list_fast_path_parses_as_parse_line(tmp_path: Path, line: str) -> None:
+    """``read_list`` takes a quick path for three-field lines; it must give the entry, or the
+    error, that the general parser gives."""
+    p = tmp_path / "a.lst"
+    p.write_bytes(line.encode("utf-8") + b"\n")
+    try:
+        want = [listing._parse_line(line)]
+    except ValueError as exc:
+        with pytest.raises(ListError, match="line 1: ") as info:
+            read_list(p)
+        assert str(exc) in str(info.value)  # the same reason
+        return
+    assert repr(read_list(p)) == repr(want)
+
+
+def test_classes_from_lists_parent_is_os_path_dirname() -> None:
+    """The quick parent-directory split agrees with ``os.path.dirname`` on awkward paths."""
+    paths = ["a/x.jpg", "a/", "x.jpg", "./x.jpg", "a//x.jpg", "/r/a/x.jpg", "a/b/", "b/c/d.png"]
+    for path in paths:
+        want = os.path.dirname(path.replace("/", os.sep)) or "."
+        assert classes_from_lists([ListEntry(0, (0.0,), path)]) == [want], path

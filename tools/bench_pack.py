@@ -26,7 +26,11 @@ Usage::
     .venv/bin/python tools/bench_pack.py                       # 300 generated ~100 KB JPEGs
     .venv/bin/python tools/bench_pack.py --images DIR --resize 480 --quality 95 --repeat 3
     .venv/bin/python tools/bench_pack.py --case thumbs --images DIR --repeat 3 \
-        --im2rec /path/to/im2rec.py --mxnet-python /path/to/mxvenv/bin/python
+        --im2rec /path/to/im2rec.py --mxnet-python /path/to/mxvenv/bin/python \
+        [--base /path/to/another/checkout]
+
+The side-by-side cases run this checkout's recordkit (``PYTHONPATH``); ``--base`` adds another
+checkout's equal-work pack to every round (alternating) and checks both write the same shards.
 """
 
 from __future__ import annotations
@@ -215,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack-threads", type=int, default=2, help="threads for upscale / thumbs")
     ap.add_argument("--im2rec", type=Path, help="MXNet's tools/im2rec.py (upscale / thumbs)")
     ap.add_argument("--mxnet-python", type=Path, help="a Python that imports mxnet and cv2")
+    ap.add_argument(
+        "--base",
+        type=Path,
+        help="another recordkit checkout (upscale / thumbs): its equal-work pack runs too, "
+        "alternating, with PYTHONPATH pointing at it (this one's runs get this checkout's)",
+    )
     args = ap.parse_args(argv)
     if args.case != "downscale":
         from pack_cases import side_by_side

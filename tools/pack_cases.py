@@ -124,12 +124,14 @@ def codec_bound(datas: list[bytes], threads: int, resize: int, enlarge: str) -> 
         return time.perf_counter() - t
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float, float | None]:
+def timed(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, float | None]:
     """Run ``cmd``: ``(wall s, CPU s of it and its children, seconds recordkit's summary line
     reports for ``pack()`` itself -- no interpreter start or imports -- or None)``."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -186,6 +188,12 @@ def side_by_side(args, work: Path) -> dict:
     else:
         runs["recordkit_equal_work"] = [*rk, "--color", "1"]
         runs["recordkit_gray_kept"] = [*rk, "--color", "-1"]
+    envs = {name: dict(os.environ, PYTHONPATH=str(ROOT)) for name in runs}
+    if getattr(args, "base", None):  # the same equal-work pack from another checkout
+        cmd = list(runs["recordkit_equal_work"])
+        cmd[cmd.index(str(work / "rk"))] = str(work / "rk_base")
+        runs["recordkit_equal_work_base"] = cmd
+        envs["recordkit_equal_work_base"] = dict(os.environ, PYTHONPATH=str(args.base.resolve()))
     notes = []
     if args.im2rec and args.mxnet_python:
         im = [str(args.mxnet_python), str(args.im2rec), str(prefix), str(root), "--quality", "95"]
@@ -198,9 +206,13 @@ def side_by_side(args, work: Path) -> dict:
     busy0, own0 = _busy_cpu_s(), _own_cpu_s()
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     bounds: dict[str, list[float]] = {"cubic": [], "linear": []} if resize else {"none": []}
+    shards: set[tuple[str, ...]] = set()
     for _ in range(args.repeat):  # alternate, so that a noisy moment hits every figure alike
         for name, cmd in runs.items():
-            times[name].append(timed(cmd, work))
+            times[name].append(timed(cmd, work, envs.get(name)))
+            if name.startswith("recordkit_equal_work"):  # the shards of each, every time
+                written = cmd[cmd.index("--out") + 1]
+                shards.add(tuple(_sha256(p) for p in sorted(Path(written).glob("*.tfrecord"))))
         for filt in bounds:
             bounds[filt].append(codec_bound(datas, threads, resize, filt if resize else "cubic"))
     res: dict = {
@@ -217,6 +229,9 @@ def side_by_side(args, work: Path) -> dict:
         "timing": env_note,
         "notes": notes,
     }
+    res["equal_work_shards_identical"] = len(shards) == 1  # every run, both checkouts
+    if getattr(args, "base", None):
+        res["base_checkout"] = str(args.base)
     for name, vals in times.items():
         walls = [w for w, _, _ in vals]
         res[name] = {
@@ -238,6 +253,14 @@ def side_by_side(args, work: Path) -> dict:
         res["pack_call_share_of_codec_bound"] = round(bound / inner, 3)
     if "im2rec" in res:
         res["speedup_vs_im2rec_equal_work"] = round(res["im2rec"]["best_s"] / best, 2)
+        for name in ("recordkit_equal_work", "recordkit_equal_work_base"):
+            if name in times:  # round by round: the runs of one round are back to back
+                res[name]["ratio_vs_im2rec_per_round"] = [
+                    round(i[0] / r[0], 2) for i, r in zip(times["im2rec"], times[name], strict=True)
+                ]
+        if "recordkit_equal_work_base" in res:
+            base_best = res["recordkit_equal_work_base"]["best_s"]
+            res["speedup_vs_im2rec_equal_work_base"] = round(res["im2rec"]["best_s"] / base_best, 2)
         other = "recordkit_no_upscale" if resize else "recordkit_gray_kept"
         res[f"speedup_vs_im2rec_{other}"] = round(res["im2rec"]["best_s"] / res[other]["best_s"], 2)
     if resize:
@@ -249,6 +272,13 @@ def side_by_side(args, work: Path) -> dict:
         "other_cpu_s": round((_busy_cpu_s() - busy0) - (_own_cpu_s() - own0), 1),
     }
     return res
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _size(data: bytes) -> tuple[int, int]:

@@ -8,8 +8,9 @@
 
 Modules: :mod:`~recordkit.pack.options` (what goes in and out), :mod:`~recordkit.pack.lists`
 (which lists, which class map), :mod:`~recordkit.pack.plan` (shard count and assignment),
-:mod:`~recordkit.pack.state` (resume, parts, manifest), :mod:`~recordkit.pack.core` (the
-pipeline). User documentation: ``docs/PACK.md``.
+:mod:`~recordkit.pack.state` (resume, parts, manifest), :mod:`~recordkit.pack.prepare` (what a
+run works out before and beside its images: plans, shards to write, outside-ROOT entries),
+:mod:`~recordkit.pack.core` (the pipeline). User documentation: ``docs/PACK.md``.
 """
 
 from recordkit.pack.core import Progress, pack

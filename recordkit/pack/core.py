@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,37 +17,40 @@ import cv2
 
 from recordkit.format.manifest import MANIFEST_NAME, ShardEntry
 from recordkit.format.writer import ShardWriter
-from recordkit.listing import text_path
+from recordkit.listing import ListEntry, text_path
 from recordkit.memory import MemoryBudget, format_bytes
 from recordkit.pack.lists import (
     SplitList,
-    entry_labels,
     find_lists,
     join_root,
     load_splits,
-    outside_root,
     resolve_classes,
+    split_labels,
 )
 from recordkit.pack.options import PackError, PackOptions, PackResult, SplitResult
-from recordkit.pack.plan import ShardPlan, SplitPlan, plan_split
-from recordkit.pack.pool import ProcessWorkers, ordered, start_early
+from recordkit.pack.pool import ProcessWorkers, ordered
+from recordkit.pack.prepare import (
+    Planned,
+    Task,
+    nothing_to_keep,
+    outside_report,
+    owned,
+    plan_all,
+    remove,
+    shards_to_write,
+    start_early_workers,
+)
 from recordkit.pack.remote import RemoteOutput
 from recordkit.pack.state import (
     DoneShard,
-    StateFile,
-    already_packed,
     check_classes,
-    drop_split_from_manifest,
-    finished_shards,
     merge_parts,
     packed_outside,
     read_existing_manifest,
-    split_files,
     state_files,
-    state_name,
     write_final_manifest,
 )
-from recordkit.pack.work import Job
+from recordkit.pack.work import Job, Outcome
 
 __all__ = ["pack", "Progress"]
 
@@ -57,69 +61,10 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class _Task:
-    plan: SplitPlan
-    shard: ShardPlan
-    state: StateFile
-
-
-@dataclass
 class _Stats:
     images: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-
-
-def _remove(paths: Iterable[Path]) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
-
-
-def _owned(plan: SplitPlan, part: tuple[int, int]) -> list[ShardPlan]:
-    k, n = part
-    return [s for s in plan.shards if s.number % n == k]
-
-
-def _prepare(out: Path, plan: SplitPlan, opts: PackOptions) -> dict[int, DoneShard] | None:
-    """Clear or check what ``out`` holds of this split; return the shards to keep.
-
-    Returns ``None`` when the split is already packed with the same fingerprint (``resume``).
-    """
-    existing = read_existing_manifest(out)
-    owned = _owned(plan, opts.part)
-    single = opts.part[1] == 1
-    own_state = out / state_name(plan.name, opts.part)
-    if single:
-        leftovers = split_files(out, plan.name) + state_files(out, plan.name)
-    else:
-        names = {s.file for s in owned} | {Path(s.file).with_suffix(".idx").name for s in owned}
-        leftovers = [p for p in split_files(out, plan.name) if p.name.split(".tmp")[0] in names]
-        leftovers += [own_state] if own_state.exists() else []
-    # A state file being rewritten when the process was killed leaves its temporary copy.
-    _remove(out.glob(f"{glob.escape(own_state.name)}.*.tmp"))
-    if opts.overwrite:
-        drop_split_from_manifest(out, plan.name)
-        _remove(leftovers)
-        return {}
-    if already_packed(existing, plan, str(out), resume=opts.resume):
-        return None
-    if opts.resume:
-        return finished_shards(out, plan)
-    if leftovers:
-        raise PackError(
-            f"{out} holds an unfinished pack of split {plan.name!r} ({leftovers[0].name}); "
-            "use --resume to finish it or --overwrite to start over"
-        )
-    return {}
-
-
-def _start_early(root: str, splits: list[SplitList], opts: PackOptions) -> ProcessWorkers | None:
-    """Worker processes started now when a sample of 16 inputs says thumbnails (see
-    :func:`recordkit.pack.pool.start_early`); they exit when dropped unused."""
-    entries = [e for s in splits for e in s.entries]
-    n = len(entries)
-    sample = [os.path.join(root, entries[k * n // 16].path) for k in range(min(n, 16))]
-    return start_early(opts.pool, opts.threads, n, sample, opts.image)
 
 
 _WRITE_BATCH_RECORDS = 256
@@ -128,29 +73,66 @@ _WRITE_BATCH_BYTES = 1 << 20
 the bytes, index and hash are the same as one record at a time)."""
 
 
-def _write_shards(
-    tasks: list[_Task],
+def _jobs(
     root: str,
     classes: list[str],
+    parts: Iterable[tuple[Sequence[ListEntry], Sequence[tuple[int, ...]], int, int]],
+) -> Iterator[Job]:
+    """The jobs of ``entries[start:stop]`` (with their ``labels``) for each part, in order."""
+    # join_root and the separator change without a call per entry where they are plain
+    quick = not os.altsep and bool(root)
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    slash = os.sep == "/"
+    for entries, labels, start, stop in parts:
+        for j in range(start, stop):
+            entry, lab = entries[j], labels[j]
+            path = entry.path
+            yield Job(
+                prefix + path if quick and path[:1] != os.sep else join_root(root, path),
+                lab,
+                path if slash else path.replace(os.sep, "/"),
+                entry.index,
+                classes[lab[0]],
+            )
+
+
+_AHEAD_BYTES = 64 << 20
+"""Records processed while the shards are still being planned wait in memory up to this many
+bytes (then the packer waits for the plan)."""
+
+
+def _ahead(
+    planned: Future[Planned], stream: Iterator[Outcome], limit: int, seen: Callable[[], None]
+) -> tuple[Planned, deque[Outcome]]:
+    """Read outcomes from ``stream`` while ``planned`` is being made, at most ``limit`` bytes
+    of records; return the plan and the outcomes read (``seen()`` after each)."""
+    got: deque[Outcome] = deque()
+    held = 0
+    while not planned.done() and held < limit:
+        outcome = next(stream, None)
+        if outcome is None:
+            break
+        got.append(outcome)
+        held += len(outcome[0]) if outcome[0] is not None else 0
+        seen()
+    return planned.result(), got
+
+
+def _write_shards(
+    planned: Planned | Future[Planned],
+    tasks_of: Callable[[Planned], list[Task]],
+    jobs: Iterable[Job],
+    total: int,
+    root: str,
     out: Path,
     opts: PackOptions,
     progress: Progress | None,
     stats: _Stats,
     early: ProcessWorkers | None = None,
     remote: RemoteOutput | None = None,
-) -> None:
-    total = sum(t.shard.stop - t.shard.start for t in tasks)
-    jobs = (
-        Job(
-            join_root(root, t.plan.entries[j].path),
-            t.plan.labels[j],
-            t.plan.entries[j].path.replace(os.sep, "/"),
-            t.plan.entries[j].index,
-            classes[t.plan.labels[j][0]],
-        )
-        for t in tasks
-        for j in range(t.shard.start, t.shard.stop)
-    )
+) -> tuple[Planned, list[Task]]:
+    """Process ``jobs`` (``total`` of them) and write them into the shards of
+    ``tasks_of(planned)``; with a future plan, the images are processed while it is made."""
     budget = MemoryBudget(opts.memory, "--memory") if opts.memory else MemoryBudget.probe()
     logger.info(
         "images may use %s of memory to decode (%s)", format_bytes(budget.total), budget.source
@@ -173,6 +155,19 @@ def _write_shards(
             processes=opts.threads,
             workers=early,
         )
+        reported = 0
+
+        def seen() -> None:
+            nonlocal reported
+            reported += 1
+            if progress is not None:
+                progress(reported, total)
+
+        got: deque[Outcome] = deque()
+        if isinstance(planned, Future):  # start on the images while the shards are planned
+            planned, got = _ahead(planned, stream, min(_AHEAD_BYTES, budget.total // 4), seen)
+        tasks = tasks_of(planned)
+        outcomes = _drain(got, stream)
         for task in tasks:
             plan, shard = task.plan, task.shard
             skipped: list[tuple[str, str]] = []
@@ -180,7 +175,7 @@ def _write_shards(
                 frames: list[bytes] = []  # written together (one write, one hash update)
                 held = 0
                 for j in range(shard.start, shard.stop):
-                    framed, reason, nbytes = next(stream)
+                    framed, reason, nbytes = next(outcomes)
                     stats.images += 1
                     stats.bytes_in += nbytes
                     if framed is None:
@@ -197,8 +192,8 @@ def _write_shards(
                         if held >= _WRITE_BATCH_BYTES or len(frames) >= _WRITE_BATCH_RECORDS:
                             writer.write_framed_many(frames)
                             frames, held = [], 0
-                    if progress is not None:
-                        progress(stats.images, total)
+                    if stats.images > reported:
+                        seen()
                 writer.write_framed_many(frames)
             info = writer.info
             assert info is not None
@@ -221,6 +216,28 @@ def _write_shards(
             early.close(kill=True)
         pool.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(cv2_threads)
+    return planned, tasks
+
+
+def _in_background(fn: Callable[..., Planned], *args: Any) -> Future[Planned]:
+    """``fn(*args)`` on a daemon thread: a pack stopped by Ctrl-C does not wait for the plan."""
+    future: Future[Planned] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the packer's thread with its traceback
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="recordkit-plan", daemon=True).start()
+    return future
+
+
+def _drain(got: deque[Outcome], stream: Iterator[Outcome]) -> Iterator[Outcome]:
+    """The outcomes read ahead (freed as they are taken), then the rest of ``stream``."""
+    while got:
+        yield got.popleft()
+    yield from stream
 
 
 def pack(
@@ -262,88 +279,94 @@ def pack(
         raise PackError(f"ROOT is not a directory: {root_s}")
     files = find_lists(prefix, opts.lists, opts.split)
     splits = load_splits(files)
-    classes, from_dirs = resolve_classes(splits, opts.pack_label)
-    if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
-        remote = RemoteOutput.open(opts)
-        try:
-            return _pack(
-                root_s, splits, classes, from_dirs, remote.staging, opts, progress, remote, t0
-            )
-        finally:
-            remote.close()
-    out = opts.out
+    # Worker processes import while the labels, classes and shards are worked out.
+    early = None if opts.merge else start_early_workers(root_s, splits, opts)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
-    return _pack(root_s, splits, classes, from_dirs, out, opts, progress, None, t0)
+        labels = [split_labels(s, opts.pack_label) for s in splits]
+        classes, from_dirs = resolve_classes(splits, opts.pack_label, labels)
+        args = (root_s, splits, labels, classes, from_dirs)
+        if isinstance(opts.out, str):  # a URL: packed into a staging directory, then uploaded
+            remote = RemoteOutput.open(opts)
+            try:
+                return _pack(*args, remote.staging, opts, progress, remote, early, t0)
+            finally:
+                remote.close()
+        out = opts.out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PackError(f"cannot create {out}: {exc.strerror or exc}") from None
+        return _pack(*args, out, opts, progress, None, early, t0)
+    finally:
+        if early is not None:  # closed already unless the pack stopped before its images
+            early.close(kill=True)
 
 
 def _pack(
     root_s: str,
     splits: list[SplitList],
+    labels: list[list[tuple[int, ...]]],
     classes: list[str],
     from_dirs: bool,
     out: Path,
     opts: PackOptions,
     progress: Progress | None,
     remote: RemoteOutput | None,
+    early: ProcessWorkers | None,
     t0: float,
 ) -> PackResult:
-    early = None if opts.merge else _start_early(root_s, splits, opts)
     existing = read_existing_manifest(out)
     replaced_all = (
         existing is not None and opts.overwrite and set(existing.splits) <= {s.name for s in splits}
     )
     if existing is not None and not replaced_all:
         classes = check_classes(existing, classes, from_dirs, out)
-    plans = []
-    for s in splits:
-        source = ", ".join(str(p) for p in s.files)
-        labels = [entry_labels(e, opts.pack_label, source) for e in s.entries]
-        plans.append(plan_split(s.name, s.entries, labels, root_s, classes, opts))
-    extras = {
-        p.name: {"lists": [f.name for f in s.files]} for p, s in zip(plans, splits, strict=True)
-    }
-    if opts.strict or opts.merge:  # needed now: --strict refuses before packing
-        outside = _outside_root(root_s, splits, opts.strict)
-        checked: Future[dict[str, list[dict[str, Any]]]] | None = None
-    else:  # only the manifest needs it: an lstat walk that runs while the images are packed
+    if opts.merge:
+        planned = plan_all(root_s, splits, labels, classes, opts)
+        outside = planned.outside
+        assert outside is not None
+        return merge_parts(out, planned.plans, classes, from_dirs, planned.extras, outside, t0)
+    checked: Future[dict[str, list[dict[str, Any]]]] | None = None
+    if not opts.strict:  # only the manifest needs it: an lstat walk beside the packing
         checker = ThreadPoolExecutor(1, thread_name_prefix="recordkit-outside")
-        checked = checker.submit(_outside_root, root_s, splits, False)
+        checked = checker.submit(outside_report, root_s, splits, False)
         checker.shutdown(wait=False)
 
-    if opts.merge:
-        return merge_parts(out, plans, classes, from_dirs, extras, outside, t0)
-
-    tasks: list[_Task] = []
-    dones: dict[str, dict[int, DoneShard]] = {}
-    for plan in plans:
-        done = remote.prepare(plan) if remote is not None else _prepare(out, plan, opts)
-        if done is None:
-            logger.info("split %s is already packed in %s", plan.name, out)
-            continue
-        state = StateFile(out / state_name(plan.name, opts.part), plan, opts.part, opts.fsync)
-        state.done = {k: v for k, v in done.items() if k % opts.part[1] == opts.part[0]}
-        dones[plan.name] = done
-        for shard in _owned(plan, opts.part):
-            if shard.number not in done:
-                tasks.append(_Task(plan, shard, state))
-            else:
-                logger.info("keeping finished shard %s", shard.file)
-        for shard in _owned(plan, opts.part):
-            _remove(
-                p
-                for p in (
-                    out / (shard.file + ".tmp"),
-                    out / (Path(shard.file).with_suffix(".idx").name + ".tmp"),
-                )
-            )
-
     stats = _Stats()
-    _write_shards(tasks, root_s, classes, out, opts, progress, stats, early, remote)
-    if checked is not None:
-        outside = checked.result()
+    if remote is None and nothing_to_keep(out, splits, existing, opts):
+        # Every entry is packed whatever the plan says: the images need not wait for it.
+        future = _in_background(plan_all, root_s, splits, labels, classes, opts)
+        whole = ((s.entries, lab, 0, len(s.entries)) for s, lab in zip(splits, labels, strict=True))
+        total = sum(len(s.entries) for s in splits)
+        jobs = _jobs(root_s, classes, whole)
+
+        def tasks_of(planned: Planned) -> list[Task]:
+            return shards_to_write(planned, out, opts, remote, fresh=True)
+
+        planned, tasks = _write_shards(
+            future, tasks_of, jobs, total, root_s, out, opts, progress, stats, early, remote
+        )
+    else:
+        planned = plan_all(root_s, splits, labels, classes, opts)
+        tasks = shards_to_write(planned, out, opts, remote, fresh=False)
+        parts = ((t.plan.entries, t.plan.labels, t.shard.start, t.shard.stop) for t in tasks)
+        total = sum(t.shard.stop - t.shard.start for t in tasks)
+        _write_shards(
+            planned,
+            lambda _: tasks,
+            _jobs(root_s, classes, parts),
+            total,
+            root_s,
+            out,
+            opts,
+            progress,
+            stats,
+            early,
+            remote,
+        )
+    plans, dones, extras = planned.plans, planned.dones, planned.extras
+    outside = checked.result() if checked is not None else planned.outside
+    assert outside is not None
 
     results: dict[str, SplitResult] = {}
     skipped: list[dict[str, Any]] = []
@@ -356,15 +379,15 @@ def _pack(
             **dones[plan.name],
             **{t.shard.number: t.state.done[t.shard.number] for t in tasks if t.plan is plan},
         }
-        owned = [s.number for s in _owned(plan, opts.part)]
+        numbers = [s.number for s in owned(plan, opts.part)]
         written = sum(1 for t in tasks if t.plan is plan)
-        mine = [done[k] for k in owned]
+        mine = [done[k] for k in numbers]
         results[plan.name] = SplitResult(
             records=sum(d.entry.records for d in mine),
             shards=len(plan.shards),
             skipped=sum(len(d.skipped) for d in mine),
             shards_written=written,
-            shards_reused=len(owned) - written,
+            shards_reused=len(numbers) - written,
         )
         skipped.extend(
             {"split": plan.name, "path": p, "reason": r} for d in mine for p, r in d.skipped
@@ -377,7 +400,7 @@ def _pack(
             if remote is not None:  # last: every shard it names is uploaded
                 manifest_path = remote.publish([plan.name for plan, _, _ in finals])
             for plan, _, _ in finals:
-                _remove(state_files(out, plan.name))
+                remove(state_files(out, plan.name))
         elif remote is not None:
             remote.finish_uploads()
             manifest_path = remote.remote.child(MANIFEST_NAME)
@@ -395,37 +418,3 @@ def _pack(
         seconds=time.perf_counter() - t0,
         outside_root=[o for name in results for o in outside.get(name, [])],
     )
-
-
-def _outside_root(
-    root: str, splits: list[SplitList], strict: bool
-) -> dict[str, list[dict[str, Any]]]:
-    """Per split, the entries that resolve outside ROOT (im2rec packs them; so do we, naming
-    them); with ``strict`` the first is an error."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for s in splits:
-        found = outside_root(root, s.entries)
-        if found and strict:
-            k, why = found[0]
-            raise PackError(
-                f"{', '.join(str(p) for p in s.files)}: {text_path(s.entries[k].path)!r} is "
-                f"outside ROOT ({why}); --strict refuses it (im2rec would pack it)"
-            )
-        if found:
-            k, why = found[0]
-            logger.warning(
-                "split %s: %d input(s) outside ROOT, packed as im2rec does (first: %s: %s)",
-                s.name,
-                len(found),
-                text_path(s.entries[k].path),
-                why,
-            )
-        out[s.name] = [
-            {
-                "split": s.name,
-                "path": text_path(s.entries[k].path.replace(os.sep, "/")),
-                "reason": f"outside ROOT: {why}",
-            }
-            for k, why in found
-        ]
-    return out

@@ -22,6 +22,7 @@ __all__ = [
     "load_splits",
     "outside_root",
     "resolve_classes",
+    "split_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,32 @@ def entry_labels(entry: ListEntry, pack_label: bool, source: str) -> tuple[int, 
     return tuple(out)
 
 
-def resolve_classes(splits: Sequence[SplitList], pack_label: bool) -> tuple[list[str], bool]:
+def split_labels(split: SplitList, pack_label: bool) -> list[tuple[int, ...]]:
+    """:func:`entry_labels` of every entry of ``split``, in order.
+
+    Raises:
+        PackError: A stored label is not a non-negative integer.
+    """
+    out: list[tuple[int, ...]] = []
+    append = out.append
+    known: dict[float, tuple[int, ...]] = {}  # few distinct labels: one tuple each
+    for e in split.entries:
+        labels = e.labels
+        if len(labels) == 1 and (lab := known.get(labels[0])) is not None:
+            append(lab)
+            continue
+        lab = entry_labels(e, pack_label, _names(split.files))
+        if len(labels) == 1:
+            known[labels[0]] = lab
+        append(lab)
+    return out
+
+
+def resolve_classes(
+    splits: Sequence[SplitList],
+    pack_label: bool,
+    labels: Sequence[Sequence[tuple[int, ...]]] | None = None,
+) -> tuple[list[str], bool]:
     """Class names in label order, and whether they came from directory names.
 
     Names come from :func:`~recordkit.listing.classes_from_lists` over all splits (label →
@@ -160,18 +186,25 @@ def resolve_classes(splits: Sequence[SplitList], pack_label: bool) -> tuple[list
     per label, missing labels) or the labels exceed it, numbered names ``"0"``, ``"1"``, … are
     used and a warning is logged.
 
+    Args:
+        splits: The splits.
+        pack_label: Whether every label of an entry is stored (else the first).
+        labels: :func:`split_labels` of each split, when already known.
+
     Raises:
         PackError: A label is not a non-negative integer, or is so large that it would make
             more classes than there are images (and 2**20): a damaged label.
     """
+    if labels is None:
+        labels = [split_labels(s, pack_label) for s in splits]
     all_entries = [e for s in splits for e in s.entries]
     max_label = -1
     where = ""
-    for s in splits:
-        for e in s.entries:
-            labels = entry_labels(e, pack_label, _names(s.files))
-            if max(labels) > max_label:
-                max_label, where = max(labels), f"{_names(s.files)}: {text_path(e.path)!r}"
+    for s, labs in zip(splits, labels, strict=True):
+        top = max(map(max, labs), default=-1)
+        if top > max_label:
+            k = next(k for k, lab in enumerate(labs) if max(lab) == top)
+            max_label, where = top, f"{_names(s.files)}: {text_path(s.entries[k].path)!r}"
     check_class_count(max_label, len(all_entries), where, PackError)
     try:
         return class_names_from_lists(all_entries, max_label), True

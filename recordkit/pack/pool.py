@@ -73,9 +73,12 @@ rival the codec)."""
 TASK_IMAGES_MAX = 256
 PROCESS_BELOW_SECONDS = 0.001
 """``auto`` moves to processes only for images faster than this per image on a thread."""
-PROCESS_MIN_WORK_SECONDS = 2.0
-"""... and only with at least this much work left (at the threads' pace): a worker process
-takes ~0.4 s of CPU to start (importing numpy, OpenCV, Pillow, protobuf)."""
+PROCESS_MIN_WORK_SECONDS = 5.0
+"""... and only with at least this much work left (at the threads' pace). Measured on 32-px RGB
+PNGs, 2 cores (``tools/bench_pack_pool.py``, ``docs/BENCHMARKS.md``): processes do an image in
+~0.54x the threads' time but cost ~1-2 s more to start (each imports numpy, OpenCV, Pillow
+while the threads want the cores), so they pay off from ~19 k images, ~5 s of the threads' work;
+at 10 k (~2.5-3 s) the old 2 s threshold switched and made ``auto`` slower than either pool."""
 _MIN_MEASURED = 64  # images seen on threads before ``auto`` decides
 _DEFER_ABOVE_MAX = 32 << 20  # decode cost a worker process may take on (a ~1.3 Mpx image)
 
