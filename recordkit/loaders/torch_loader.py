@@ -47,7 +47,7 @@ from recordkit.errors import CorruptRecordError
 from recordkit.format.example import PayloadError, Record, decode_example, load_parser
 from recordkit.loaders.augment import Augment
 from recordkit.loaders.batch_slots import BatchSlots, ReceivedSlots, SlotRelease
-from recordkit.loaders.decode import pil_rgb
+from recordkit.loaders.decode import PendingCrop, pil_rgb
 from recordkit.loaders.factory import resolve_device
 from recordkit.loaders.gpu_decode import BatchDecoder, EncodedBatch, on_device
 from recordkit.loaders.sampling import RecordSampler
@@ -197,12 +197,33 @@ class _Collate:
         labels = collate_labels([b[1] for b in batch], self.multi_label)
         if self.encoded:
             return EncodedBatch.collate(samples), labels, "encoded", None
-        if self.keep > 0 and get_worker_info() is not None:
+        in_worker = self.keep > 0 and get_worker_info() is not None
+        if samples and all(isinstance(s, PendingCrop) for s in samples):
+            sizes = {s.size for s in samples}
+            if len(sizes) == 1:
+                size = sizes.pop()
+                out, handle = self._batch((len(samples), size, size, 3), in_worker)
+                dst = out.numpy()
+                for i, s in enumerate(samples):  # resized (and mirrored) into the batch
+                    s.finish(dst[i])
+                return out, labels, "NHWC", handle
+        samples = [s.tensor() if isinstance(s, PendingCrop) else s for s in samples]
+        if in_worker:
             stacked = self._into_slot(samples)
             if stacked is not None:
                 return stacked[0], labels, stacked[1], stacked[2]
         images, layout = stack_samples(samples)
         return images, labels, layout, None
+
+    def _batch(
+        self, shape: tuple[int, ...], in_worker: bool
+    ) -> tuple[torch.Tensor, SlotRelease | None]:
+        """An uninitialized uint8 batch: in one of this worker's blocks, else fresh memory."""
+        if not in_worker:
+            return torch.from_numpy(np.empty(shape, np.uint8)), None
+        if self.slots is None:
+            self.slots = BatchSlots(self.keep)
+        return self.slots.take(shape)
 
     def _into_slot(self, samples: list[Any]) -> tuple[torch.Tensor, str, SlotRelease] | None:
         """:func:`stack_samples` into one of this worker's blocks; ``None`` for samples that
@@ -215,9 +236,8 @@ class _Collate:
         views = [s.permute(1, 2, 0) for s in samples] if hwc else samples
         if any(v.shape != views[0].shape for v in views):
             return None
-        if self.slots is None:
-            self.slots = BatchSlots(self.keep)
-        out, handle = self.slots.take((len(views), *views[0].shape))
+        out, handle = self._batch((len(views), *views[0].shape), True)
+        assert handle is not None
         torch.stack(views, out=out)
         return out, "NHWC" if hwc else "NCHW", handle
 
