@@ -111,6 +111,10 @@ class ReceivedSlots:
     def __len__(self) -> int:
         return len(self._kept)
 
+    def clear(self) -> None:
+        """Let go of every block (the loader's workers are gone or going)."""
+        self._kept.clear()
+
     def add(self, handle: SlotRelease) -> None:
         """Keep ``handle``'s storage mapped (if not kept already)."""
         ptr = handle.storage.data_ptr()

@@ -8,7 +8,10 @@
 - :class:`TorchLoader` is what ``make_loader(backend="torch")`` returns: a ``DataLoader`` with a
   :class:`~recordkit.loaders.sampling.RecordSampler`, workers that return uint8 ``(3, S, S)``
   crops, and the float conversion + normalization done on the target device (ffcv / DALI
-  style: 4x fewer bytes through the worker pipes and the host-to-device copy). With
+  style: 4x fewer bytes through the worker pipes and the host-to-device copy). Workers stack
+  each batch into a shared-memory block they reuse once this process has released it
+  (:mod:`recordkit.loaders.batch_slots`), plain-bilinear crops resized straight into it
+  (:class:`~recordkit.loaders.decode.PendingCrop`). With
   ``gpu_decode`` the workers send JPEG bytes and crops instead, and
   :class:`~recordkit.loaders.gpu_decode.BatchDecoder` decodes and transforms each batch on the
   device.
@@ -640,6 +643,8 @@ class TorchLoader:
         self._batches = None
         if getattr(self.loader, "_iterator", None) is not None:
             self.loader._iterator = None
+        if self._received is not None:
+            self._received.clear()  # the workers' blocks: unmapped once nothing else holds them
 
     def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._share_index(self.sampler)
