@@ -134,6 +134,11 @@ def image_size_of(record: Record) -> tuple[int, int]:
         return im.size
 
 
+PENDING_MAX_BYTES = 2 << 20
+"""Largest decoded window :class:`TrainDecode` leaves pending (held until the batch is
+collated): a batch holds at most ``batch_size`` of them; larger crops are resized at once."""
+
+
 @dataclass
 class PendingCrop:
     """A training crop whose plain-bilinear resize and flip are still to be done.
@@ -287,9 +292,10 @@ class TrainDecode:
     qualifies (:mod:`recordkit.loaders.roi_decode`; identical pixels, ~25 % less decode time);
     False always decodes the whole image with OpenCV.
 
-    ``pending``: return a plain-bilinear crop (``Augment(train_antialias=False)``, no
-    auto-augment) as a :class:`PendingCrop`, resized later straight into the batch by the
-    loader's collate (the same pixels); other samples are tensors as usual.
+    ``pending``: return a window-decoded plain-bilinear crop (``Augment(train_antialias=
+    False)``, no auto-augment, at most :data:`PENDING_MAX_BYTES`) as a :class:`PendingCrop`,
+    resized later straight into the batch by the loader's collate (the same pixels); other
+    samples are tensors as usual.
     """
 
     image_size: int
@@ -313,7 +319,8 @@ class TrainDecode:
         self, record: Record, seed: int | None, defer: bool = False
     ) -> torch.Tensor | PendingCrop:
         """The training crop (mode ``rrc``, ``pad-crop`` or ``none``), flipped or not; with
-        ``defer``, a :class:`PendingCrop` where :func:`crop_resize` would use OpenCV."""
+        ``defer``, a window-decoded plain-bilinear crop of at most :data:`PENDING_MAX_BYTES`
+        as a :class:`PendingCrop` (a whole decoded image is never held for the collate)."""
         rng = _rng(seed)
         aug = self.augment
         if aug.mode != "rrc":
@@ -329,8 +336,8 @@ class TrainDecode:
             flip = rng.random() < aug.flip
             window = decode_window(record.image, box)
             if window is not None:
-                if defer and not aug.train_antialias:  # what _pending_crop gives, no tensor
-                    return PendingCrop(window, self.image_size, flip)
+                if defer and not aug.train_antialias and window.nbytes <= PENDING_MAX_BYTES:
+                    return PendingCrop(window, self.image_size, flip)  # = _pending_crop's
                 img = torch.from_numpy(window).permute(2, 0, 1)
                 whole = CropBox(0, 0, box.width, box.height)
                 return crop_resize(img, whole, self.image_size, flip, aug.train_antialias)
@@ -339,10 +346,6 @@ class TrainDecode:
         h, w = img.shape[-2:]
         box = random_resized_crop_box(w, h, aug.scale, aug.ratio, rng)
         flip = rng.random() < aug.flip
-        if defer:
-            pending = _pending_crop(img, box, self.image_size, flip, aug.train_antialias)
-            if pending is not None:
-                return pending
         return crop_resize(img, box, self.image_size, flip, aug.train_antialias)
 
 
