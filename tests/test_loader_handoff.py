@@ -276,3 +276,49 @@ def test_cpu_loader_batches_survive_the_next_ones(photo_shards: Path) -> None:
     copies = [x.clone() for x, _ in loader]
     assert len({x.data_ptr() for x in kept}) == len(kept) == 3
     assert all(torch.equal(a, b) for a, b in zip(kept, copies, strict=True))
+
+
+def test_pending_crops_are_finished_into_the_batch_with_the_same_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TrainDecode(pending=True): plain-bilinear crops come back unresized (PendingCrop) and
+    the collate resizes and mirrors each straight into its place in the batch; the pixels are
+    TrainDecode's. Antialiased or auto-augmented crops stay tensors."""
+    from recordkit.loaders import decode as decode_module
+    from recordkit.loaders.decode import PendingCrop
+    from recordkit.loaders.torch_loader import _Collate
+
+    if not roi_decode.roi_available():
+        pytest.skip("nvImageCodec (installed with DALI) is not available")
+
+    recs = [
+        Record(image=_jpeg(photo_array(60 + 7 * k, 90 - 5 * k, k), quality=92), labels=k)
+        for k in range(6)
+    ]
+    aug = Augment(train_antialias=False)
+    want = [TrainDecode(20, aug, roi_decode=False)(r, 10 + k) for k, r in enumerate(recs)]
+    defer = TrainDecode(20, aug, pending=True)
+    pending = [defer(r, 10 + k) for k, r in enumerate(recs)]
+    assert all(isinstance(p, PendingCrop) for p in pending)
+    assert {p.flip for p in pending} == {False, True}
+    for p, w in zip(pending, want, strict=True):
+        assert torch.equal(p.tensor(), w)
+        out = np.zeros((20, 20, 3), np.uint8)
+        assert np.shares_memory(p.finish(out), out)  # written in place
+        assert torch.equal(torch.from_numpy(out).permute(2, 0, 1), w)
+    images, labels, layout, handle = _Collate(False, False, keep=4)(
+        [(p, k) for k, p in enumerate(pending)]
+    )
+    assert layout == "NHWC" and handle is None  # not in a worker: fresh memory
+    assert torch.equal(images.permute(0, 3, 1, 2), torch.stack(want))
+    assert labels.tolist() == list(range(6))
+    mixed = _Collate(False, False)([(pending[0], 0), (want[1], 1)])
+    assert torch.equal(mixed[0].permute(0, 3, 1, 2), torch.stack(want[:2]))
+    for other in (Augment(), Augment(train_antialias=False, auto_augment="randaugment")):
+        assert isinstance(TrainDecode(20, other, pending=True)(recs[0], 1), torch.Tensor)
+    # whole images decoded by OpenCV are never held for the collate; nor are huge windows
+    assert isinstance(
+        TrainDecode(20, aug, roi_decode=False, pending=True)(recs[0], 1), torch.Tensor
+    )
+    monkeypatch.setattr(decode_module, "PENDING_MAX_BYTES", 10)
+    assert torch.equal(TrainDecode(20, aug, pending=True)(recs[0], 10), want[0])

@@ -38,6 +38,11 @@ core, the figure to size loaders by (cores per GPU).
 
     python tools/bench_loader.py --case rrc480 --images /tmp/rk/photos1200 \
         --mxnet-python /work/mxvenv/bin/python --im2rec /work/im2rec/im2rec.py
+
+Each run of a recordkit row happens in a fresh process (as MXNet's do). ``--packs DIR`` keeps
+both packs there and reuses them; ``--baseline CHECKOUT`` runs every recordkit row a second
+time with recordkit imported from another checkout (``ROW@base``, interleaved with the rest),
+and reports this checkout's ratios to it (``*_vs_base``): a before / after in one run.
 """
 
 from __future__ import annotations
@@ -328,9 +333,12 @@ def pack_rrc480(
     import subprocess
 
     out.mkdir(parents=True, exist_ok=True)
+    shards = out / "shards"
+    if (shards / "recordkit.json").exists() and (out / "photos.rec").exists():
+        return {"shards": shards, "rec": out / "photos.rec", "idx": out / "photos.idx",
+                "reused": str(out)}  # fmt: skip
     lst = out / "photos.lst"
     lst.write_text("".join(f"{i}\t{lab:f}\t{rel}\n" for i, (rel, lab, *_) in enumerate(items)))
-    shards = out / "shards"
     cmd = [sys.executable, "-m", "recordkit", "pack", str(out / "photos"), str(folder)]
     cmd += ["--resize", "480", "--upscale", "--quality", "95", "--out", str(shards)]
     cmd += ["--split", "train", "--threads", str(max(1, a.workers)), "--shard-size", "400"]
@@ -395,41 +403,60 @@ RRC480_ROWS = (
 )
 
 
+def run_row(name: str, shards: Path, a: argparse.Namespace, code: str | None) -> Any:
+    """One run of a recordkit row in a fresh process (``--row``), with recordkit imported from
+    ``code`` (another checkout, e.g. the commit before a change) or this one."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", "rrc480", "--row", name]
+    cmd += ["--row-shards", str(shards), "--workers", str(a.workers), "--epochs", str(a.epochs)]
+    cmd += ["--warmup", str(a.warmup), "--batch-size", str(a.batch_size)]
+    if code:
+        cmd += ["--code", code]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return tuple(tuple(w) for w in res["windows"])
+
+
+def one_row(a: argparse.Namespace) -> dict[str, Any]:
+    """``--row``: the recordkit row ``a.row`` once on ``a.row_shards``; its two windows."""
+    backend, kind = a.row.split("_")
+    factory = bench_recordkit(Path(a.row_shards), backend, a, kind == "antialias")
+    import recordkit
+
+    return {"windows": run(factory, a.epochs, a.warmup), "recordkit": recordkit.__file__}
+
+
 def main_rrc480(a: argparse.Namespace) -> dict[str, Any]:
     """The ``--case rrc480`` measurement (module docstring)."""
     with tempfile.TemporaryDirectory(prefix="rk-bench-") as tmp:
         folder = a.images or Path(tmp) / "images"
         items = make_folder(folder, a.count)
-        info = pack_rrc480(folder, items, Path(tmp) / "packs", a)
+        info = pack_rrc480(folder, items, a.packs or Path(tmp) / "packs", a)
         shards = info.pop("shards")
         names = (a.only or RRC480_ROWS).split(",")
         if "rec" not in info:
             skipped = [n for n in names if n.startswith("mxnet")]
             names = [n for n in names if not n.startswith("mxnet")]
             info["note"] = f"no --mxnet-python/--im2rec: skipped {', '.join(skipped)}"
-        rows = {
+        rows: dict[str, Any] = {
             "mxnet_bilinear": lambda: run_mxnet(info, 1, a),
             "mxnet_area": lambda: run_mxnet(info, 3, a),
-            "torch_bilinear": lambda: run(
-                bench_recordkit(shards, "torch", a, False), a.epochs, a.warmup
-            ),
-            "torch_antialias": lambda: run(
-                bench_recordkit(shards, "torch", a, True), a.epochs, a.warmup
-            ),
-            "dali_bilinear": lambda: run(
-                bench_recordkit(shards, "dali", a, False), a.epochs, a.warmup
-            ),
-            "dali_antialias": lambda: run(
-                bench_recordkit(shards, "dali", a, True), a.epochs, a.warmup
-            ),
         }
+        for name in RRC480_ROWS.split(","):
+            if not name.startswith("mxnet"):
+                rows[name] = lambda name=name: run_row(name, shards, a, None)
+                rows[f"{name}@base"] = lambda name=name: run_row(name, shards, a, a.baseline)
+        if a.baseline:
+            names += [f"{n}@base" for n in names if not n.startswith("mxnet")]
+            info["baseline"] = a.baseline
         runs: dict[str, list[Any]] = {n: [] for n in names}
         for _ in range(a.repeats):  # interleaved, so a burst of load hits every row
             for name in names:
                 runs[name].append(rows[name]())
         results = {name: summarize(runs[name]) for name in names}
     for name, r in results.items():  # like against like: the same resize filter
-        base = results.get("mxnet_bilinear" if name.endswith("bilinear") else "mxnet_area")
+        row = name.split("@")[0]
+        base = results.get("mxnet_bilinear" if row.endswith("bilinear") else "mxnet_area")
         if base and not name.startswith("mxnet"):
             for k in ("steady", "epoch"):
                 key = f"{k}_images_per_sec"
@@ -438,6 +465,16 @@ def main_rrc480(a: argparse.Namespace) -> dict[str, Any]:
             if r["steady_cpu_us_per_image"] and base["steady_cpu_us_per_image"]:
                 r["cpu_vs_mxnet"] = round(
                     base["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
+                )
+        before = results.get(f"{name}@base")
+        if before:  # this checkout against the baseline checkout, same row
+            for k in ("steady", "epoch"):
+                key = f"{k}_images_per_sec"
+                if r[key] and before[key]:
+                    r[f"{k}_vs_base"] = round(r[key] / before[key], 2)
+            if r["steady_cpu_us_per_image"] and before["steady_cpu_us_per_image"]:
+                r["cpu_vs_base"] = round(
+                    before["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
                 )
     info = {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
     return {"case": "rrc480", "pack": info, "results": results}
@@ -474,13 +511,34 @@ def main() -> None:
     )
     ap.add_argument("--mxnet-python", default=None, help="Python with mxnet 1.9.1 (rrc480)")
     ap.add_argument("--im2rec", default=None, help="MXNet's tools/im2rec.py (rrc480)")
+    ap.add_argument(
+        "--packs",
+        type=Path,
+        default=None,
+        help="rrc480: keep both tools' packs here and reuse them when present (default: a "
+        "temporary directory)",
+    )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="rrc480: another checkout of recordkit (e.g. `git worktree add /tmp/base COMMIT`); "
+        "each recordkit row is run with it too, as ROW@base, interleaved, with ratios",
+    )
+    ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # one row, for run_row
+    ap.add_argument("--row-shards", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--code", default=None, help=argparse.SUPPRESS)  # recordkit from here
     a = ap.parse_args()
+    if a.code:
+        sys.path.insert(0, str(Path(a.code).resolve()))
     if a.count is None:
         a.count = 1200 if a.case == "rrc480" else 1000
     load_before = [round(x, 2) for x in os.getloadavg()]
     import torch
 
     torch.set_num_threads(1)  # the main process only normalizes; workers do the work
+    if a.row:
+        print(json.dumps(one_row(a)))
+        return
 
     common = {
         "images": a.count,

@@ -64,6 +64,7 @@ from recordkit.loaders.roi_decode import decode_window, window_header
 __all__ = [
     "EncodedDecode",
     "EncodedSample",
+    "PendingCrop",
     "TrainDecode",
     "ValDecode",
     "crop_resize",
@@ -133,6 +134,53 @@ def image_size_of(record: Record) -> tuple[int, int]:
         return im.size
 
 
+PENDING_MAX_BYTES = 2 << 20
+"""Largest decoded window :class:`TrainDecode` leaves pending (held until the batch is
+collated): a batch holds at most ``batch_size`` of them; larger crops are resized at once."""
+
+
+@dataclass
+class PendingCrop:
+    """A training crop whose plain-bilinear resize and flip are still to be done.
+
+    What :class:`TrainDecode` returns with ``pending=True``: the loader's collate resizes it
+    straight into the batch (into the worker's shared-memory block) instead of into a sample
+    of its own that is then copied there, and mirrors it on the way. :meth:`finish` is the
+    only implementation of that resize, so a pending crop gives the pixels :func:`crop_resize`
+    gives, bit for bit.
+
+    Attributes:
+        window: The crop, uint8 ``(h, w, 3)`` RGB (a view of the decoded image or the decoded
+            window itself; rows may be strided).
+        size: Output side in pixels.
+        flip: Mirror after resizing.
+    """
+
+    window: np.ndarray
+    size: int
+    flip: bool
+
+    def finish(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Resize to ``size`` x ``size`` (OpenCV ``INTER_LINEAR``), mirror if ``flip``.
+
+        Args:
+            out: Where to write: a C-contiguous uint8 ``(size, size, 3)`` array (e.g. a slot
+                of a batch); default a new one.
+
+        Returns:
+            ``out`` (or the new array) holding the sample, HWC.
+        """
+        shape = (self.size, self.size)
+        if not self.flip:
+            return cv2.resize(self.window, shape, dst=out, interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(self.window, shape, interpolation=cv2.INTER_LINEAR)
+        return cv2.flip(resized, 1, dst=out)
+
+    def tensor(self) -> torch.Tensor:
+        """The finished sample as a uint8 ``(3, S, S)`` view of an HWC array."""
+        return torch.from_numpy(self.finish()).permute(2, 0, 1)
+
+
 def crop_resize(
     img: torch.Tensor, box: CropBox, size: int, flip: bool, antialias: bool = True
 ) -> torch.Tensor:
@@ -146,17 +194,25 @@ def crop_resize(
     view of an HWC array, as the workers hand it on (:class:`~recordkit.loaders.torch_loader.
     TorchLoader` collates HWC samples into an NHWC batch).
     """
-    hwc = img.permute(1, 2, 0)
-    if not antialias and img.dtype == torch.uint8 and hwc.stride(-1) == 1 and img.shape[0] == 3:
-        crop = hwc.numpy()[box.top : box.top + box.height, box.left : box.left + box.width]
-        out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-        if flip:
-            out = cv2.flip(out, 1)
-        return torch.from_numpy(out).permute(2, 0, 1)
+    pending = _pending_crop(img, box, size, flip, antialias)
+    if pending is not None:
+        return pending.tensor()
     out = TF.resized_crop(
         img, box.top, box.left, box.height, box.width, [size, size], antialias=antialias
     )
     return out.flip(-1) if flip else out
+
+
+def _pending_crop(
+    img: torch.Tensor, box: CropBox, size: int, flip: bool, antialias: bool
+) -> PendingCrop | None:
+    """:func:`crop_resize`'s OpenCV case as a :class:`PendingCrop`; ``None`` for the others
+    (antialiased, not uint8 RGB in HWC memory)."""
+    hwc = img.permute(1, 2, 0)
+    if antialias or img.dtype != torch.uint8 or hwc.stride(-1) != 1 or img.shape[0] != 3:
+        return None
+    crop = hwc.numpy()[box.top : box.top + box.height, box.left : box.left + box.width]
+    return PendingCrop(crop, size, flip)
 
 
 def val_transform_tensor(img: torch.Tensor, image_size: int, augment: Augment) -> torch.Tensor:
@@ -235,14 +291,23 @@ class TrainDecode:
     ``roi_decode``: decode only the crop's window when nvImageCodec is installed and the JPEG
     qualifies (:mod:`recordkit.loaders.roi_decode`; identical pixels, ~25 % less decode time);
     False always decodes the whole image with OpenCV.
+
+    ``pending``: return a window-decoded plain-bilinear crop (``Augment(train_antialias=
+    False)``, no auto-augment, at most :data:`PENDING_MAX_BYTES`) as a :class:`PendingCrop`,
+    resized later straight into the batch by the loader's collate (the same pixels); other
+    samples are tensors as usual.
     """
 
     image_size: int
     augment: Augment = Augment()
     roi_decode: bool = True
+    pending: bool = False
 
-    def __call__(self, record: Record, seed: int | None = None) -> torch.Tensor:
-        img = self._crop(record, seed)
+    def __call__(self, record: Record, seed: int | None = None) -> torch.Tensor | PendingCrop:
+        defer = self.pending and self.augment.auto_augment is None
+        img = self._crop(record, seed, defer)
+        if isinstance(img, PendingCrop):
+            return img
         if self.augment.auto_augment is not None:
             transform = _AUTO_AUGMENT.get(self.augment)
             if transform is None:
@@ -250,8 +315,12 @@ class TrainDecode:
             img = _apply_auto_augment(transform, img, seed)
         return img
 
-    def _crop(self, record: Record, seed: int | None) -> torch.Tensor:
-        """The training crop (mode ``rrc``, ``pad-crop`` or ``none``), flipped or not."""
+    def _crop(
+        self, record: Record, seed: int | None, defer: bool = False
+    ) -> torch.Tensor | PendingCrop:
+        """The training crop (mode ``rrc``, ``pad-crop`` or ``none``), flipped or not; with
+        ``defer``, a window-decoded plain-bilinear crop of at most :data:`PENDING_MAX_BYTES`
+        as a :class:`PendingCrop` (a whole decoded image is never held for the collate)."""
         rng = _rng(seed)
         aug = self.augment
         if aug.mode != "rrc":
@@ -267,6 +336,8 @@ class TrainDecode:
             flip = rng.random() < aug.flip
             window = decode_window(record.image, box)
             if window is not None:
+                if defer and not aug.train_antialias and window.nbytes <= PENDING_MAX_BYTES:
+                    return PendingCrop(window, self.image_size, flip)  # = _pending_crop's
                 img = torch.from_numpy(window).permute(2, 0, 1)
                 whole = CropBox(0, 0, box.width, box.height)
                 return crop_resize(img, whole, self.image_size, flip, aug.train_antialias)

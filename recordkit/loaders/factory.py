@@ -334,7 +334,12 @@ def make_loader(
     if gpu_decode:
         decode: object = EncodedDecode(image_size, augment, train=train)
     else:
-        decode = TrainDecode(image_size, augment) if train else ValDecode(image_size, augment)
+        # training crops resized by the collate, straight into the batch (TrainDecode.pending)
+        decode = (
+            TrainDecode(image_size, augment, pending=True)
+            if train
+            else ValDecode(image_size, augment)
+        )
     dataset = RecordDataset(ds, split, decode=decode, multi_label=multi_label)  # type: ignore[arg-type]
     sampling = dict(
         rank=rank,

@@ -8,7 +8,10 @@
 - :class:`TorchLoader` is what ``make_loader(backend="torch")`` returns: a ``DataLoader`` with a
   :class:`~recordkit.loaders.sampling.RecordSampler`, workers that return uint8 ``(3, S, S)``
   crops, and the float conversion + normalization done on the target device (ffcv / DALI
-  style: 4x fewer bytes through the worker pipes and the host-to-device copy). With
+  style: 4x fewer bytes through the worker pipes and the host-to-device copy). Workers stack
+  each batch into a shared-memory block they reuse once this process has released it
+  (:mod:`recordkit.loaders.batch_slots`), plain-bilinear crops resized straight into it
+  (:class:`~recordkit.loaders.decode.PendingCrop`). With
   ``gpu_decode`` the workers send JPEG bytes and crops instead, and
   :class:`~recordkit.loaders.gpu_decode.BatchDecoder` decodes and transforms each batch on the
   device.
@@ -39,14 +42,15 @@ import cv2
 import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 from torch.utils.data import Dataset as TorchDataset
 
 from recordkit.dataset import Dataset, Split, open_dataset
 from recordkit.errors import CorruptRecordError
 from recordkit.format.example import PayloadError, Record, decode_example, load_parser
 from recordkit.loaders.augment import Augment
-from recordkit.loaders.decode import pil_rgb
+from recordkit.loaders.batch_slots import BatchSlots, ReceivedSlots, SlotRelease
+from recordkit.loaders.decode import PendingCrop, pil_rgb
 from recordkit.loaders.factory import resolve_device
 from recordkit.loaders.gpu_decode import BatchDecoder, EncodedBatch, on_device
 from recordkit.loaders.sampling import RecordSampler
@@ -174,19 +178,71 @@ def stack_samples(samples: Sequence[torch.Tensor]) -> tuple[torch.Tensor, str]:
 
 
 class _Collate:
-    """uint8 stacking, or :meth:`EncodedBatch.collate` (picklable for spawn workers)."""
+    """uint8 stacking, or :meth:`EncodedBatch.collate` (picklable for spawn workers).
 
-    def __init__(self, multi_label: bool, encoded: bool) -> None:
+    In a DataLoader worker, with ``keep`` > 0, uint8 batches are stacked into the worker's
+    reusable shared-memory blocks (:class:`~recordkit.loaders.batch_slots.BatchSlots`, created
+    in the worker) instead of a fresh block per batch; the fourth item of what it returns is
+    then the block's :class:`~recordkit.loaders.batch_slots.SlotRelease`, else ``None``.
+    """
+
+    def __init__(self, multi_label: bool, encoded: bool, keep: int = 0) -> None:
         self.multi_label = multi_label
         self.encoded = encoded
+        self.keep = keep
+        self.slots: BatchSlots | None = None  # this worker's blocks, made in the worker
 
-    def __call__(self, batch: list[tuple[Any, Any]]) -> tuple[Any, torch.Tensor, str]:
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "slots": None}  # a spawned worker makes its own
+
+    def __call__(self, batch: list[tuple[Any, Any]]) -> tuple[Any, torch.Tensor, str, Any]:
         samples = [b[0] for b in batch]
         labels = collate_labels([b[1] for b in batch], self.multi_label)
         if self.encoded:
-            return EncodedBatch.collate(samples), labels, "encoded"
+            return EncodedBatch.collate(samples), labels, "encoded", None
+        in_worker = self.keep > 0 and get_worker_info() is not None
+        if samples and all(isinstance(s, PendingCrop) for s in samples):
+            sizes = {s.size for s in samples}
+            if len(sizes) == 1:
+                size = sizes.pop()
+                out, handle = self._batch((len(samples), size, size, 3), in_worker)
+                dst = out.numpy()
+                for i, s in enumerate(samples):  # resized (and mirrored) into the batch
+                    s.finish(dst[i])
+                return out, labels, "NHWC", handle
+        samples = [s.tensor() if isinstance(s, PendingCrop) else s for s in samples]
+        if in_worker:
+            stacked = self._into_slot(samples)
+            if stacked is not None:
+                return stacked[0], labels, stacked[1], stacked[2]
         images, layout = stack_samples(samples)
-        return images, labels, layout
+        return images, labels, layout, None
+
+    def _batch(
+        self, shape: tuple[int, ...], in_worker: bool
+    ) -> tuple[torch.Tensor, SlotRelease | None]:
+        """An uninitialized uint8 batch: in one of this worker's blocks, else fresh memory."""
+        if not in_worker:
+            return torch.from_numpy(np.empty(shape, np.uint8)), None
+        if self.slots is None:
+            self.slots = BatchSlots(self.keep)
+        return self.slots.take(shape)
+
+    def _into_slot(self, samples: list[Any]) -> tuple[torch.Tensor, str, SlotRelease] | None:
+        """:func:`stack_samples` into one of this worker's blocks; ``None`` for samples that
+        are not uint8 tensors of one shape (left to ``default_collate`` and its errors)."""
+        if not samples or not all(
+            isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.dim() == 3 for s in samples
+        ):
+            return None
+        hwc = all(s.permute(1, 2, 0).is_contiguous() for s in samples)
+        views = [s.permute(1, 2, 0) for s in samples] if hwc else samples
+        if any(v.shape != views[0].shape for v in views):
+            return None
+        out, handle = self._batch((len(views), *views[0].shape), True)
+        assert handle is not None
+        torch.stack(views, out=out)
+        return out, "NHWC" if hwc else "NCHW", handle
 
 
 def batch_to_device(images: torch.Tensor, layout: str, device: torch.device) -> torch.Tensor:
@@ -491,6 +547,11 @@ class TorchLoader:
         self._normalize = normalize_host if device.type == "cpu" else normalize_device
         self._buffers = HostBuffers() if device.type == "cpu" and dtype in _NUMPY_DTYPES else None
         self._decoder = BatchDecoder(device, image_size, augment, train) if gpu_decode else None
+        # Workers stack batches into shared-memory blocks they reuse once this process has
+        # released them (recordkit.loaders.batch_slots): enough for the batch in hand, the
+        # ones queued and the one being filled; this process keeps them mapped.
+        keep = prefetch + 2 if num_workers > 0 and not gpu_decode else 0
+        self._received = ReceivedSlots(num_workers * keep) if keep else None
         kwargs: dict[str, Any] = {}
         if num_workers > 0:
             # Validation workers live only while validating, not beside the training ones.
@@ -524,7 +585,7 @@ class TorchLoader:
             num_workers=num_workers,
             generator=generator,
             worker_init_fn=_ignore_stop_signals if num_workers else None,
-            collate_fn=_Collate(multi_label, encoded=gpu_decode),
+            collate_fn=_Collate(multi_label, encoded=gpu_decode, keep=keep),
             pin_memory=device.type == "cuda",
             **kwargs,
         )
@@ -582,6 +643,8 @@ class TorchLoader:
         self._batches = None
         if getattr(self.loader, "_iterator", None) is not None:
             self.loader._iterator = None
+        if self._received is not None:
+            self._received.clear()  # the workers' blocks: unmapped once nothing else holds them
 
     def _iter_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._share_index(self.sampler)
@@ -660,7 +723,7 @@ class TorchLoader:
         item = next(batches, None)
         if item is None:
             return None
-        samples, labels, layout = item
+        samples, labels, layout, handle = item
         if self._decoder is not None:
             images = self._decoder(samples)
         else:
@@ -674,6 +737,11 @@ class TorchLoader:
             images = self._normalize(
                 images, self._scale, self._shift, self.dtype, self.channels_last
             )
+        if handle is not None and self._received is not None:
+            # normalized into other memory (or copied to the device, pinned or staged,
+            # before this point): the worker may fill the block again
+            self._received.add(handle)
+            handle.release(images)
         return images, labels.to(self.device, non_blocking=self.device.type == "cuda")
 
     def __repr__(self) -> str:
