@@ -322,3 +322,26 @@ def test_pending_crops_are_finished_into_the_batch_with_the_same_pixels(
     )
     monkeypatch.setattr(decode_module, "PENDING_MAX_BYTES", 10)
     assert torch.equal(TrainDecode(20, aug, pending=True)(recs[0], 10), want[0])
+
+
+def test_dataset_items_are_finished_and_only_the_batch_path_stays_pending(
+    photo_shards: Path,
+) -> None:
+    """``loader.dataset[i]`` gives the finished sample tensor, as before pending crops; the
+    fetcher's ``__getitems__`` leaves plain-bilinear crops pending for the collate, with the
+    same pixels."""
+    from recordkit.loaders.decode import PendingCrop
+
+    if not roi_decode.roi_available():
+        pytest.skip("nvImageCodec (installed with DALI) is not available")
+    aug = Augment(train_antialias=False)
+    loader = make_loader(
+        photo_shards, "train", 4, 16, backend="torch", num_workers=0, seed=1, augment=aug
+    )
+    ds = loader.dataset
+    for key in [(i, 100 + i) for i in range(len(ds))]:  # (index, per-sample seed)
+        sample, label = ds[key]
+        assert isinstance(sample, torch.Tensor) and sample.shape == (3, 16, 16)
+        [(pending, same_label)] = ds.__getitems__([key])
+        assert isinstance(pending, PendingCrop) and same_label == label
+        assert torch.equal(pending.tensor(), sample)

@@ -132,6 +132,18 @@ class RecordDataset(TorchDataset):
             raise CorruptRecordError(reader.path, reader.entries[j][0], str(exc)) from None
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
+        return self._item(index, pending=False)
+
+    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[tuple[Any, Any]]:
+        """A batch's items, as a DataLoader's fetcher asks for them (``torch.utils.data``).
+
+        The same as ``[self[i] for i in indices]``, except that crops the batch's collate
+        resizes into place (:class:`~recordkit.loaders.decode.PendingCrop`, from a decode with
+        ``pending=True``) stay pending: ``dataset[i]`` always gives a finished sample.
+        """
+        return [self._item(i, pending=True) for i in indices]
+
+    def _item(self, index: int | tuple[int, int], *, pending: bool) -> tuple[Any, Any]:
         seed: int | None = None
         if isinstance(index, tuple):
             index, seed = index
@@ -142,6 +154,8 @@ class RecordDataset(TorchDataset):
             sample = self.decode(rec)
         else:
             sample = self.decode(rec, seed)
+        if isinstance(sample, PendingCrop) and (not pending or self.transform is not None):
+            sample = sample.tensor()
         if self.transform is not None:
             sample = self.transform(sample)
         target: Any = rec.labels if self.multi_label else rec.label
