@@ -26,6 +26,11 @@ a user would, and measures it with ``os.wait4`` (wall time, CPU time, peak RSS o
 When only ``open``/``first_batch``/``verify``/``inspect`` are asked for and ``WORK/nN/shards``
 already holds a manifest (e.g. from ``tools/synth_scale_shards.py``), no images are generated.
 
+With ``--repeat R`` (and ``first_batch`` among the steps) the first batch is measured R times,
+the sizes alternating in each round, and ``first_batch_rounds`` reports every round's times,
+the ratio of the last size's time to the first size's in each round (e.g. 1.28 M over 10 k),
+and the median and range of both: on a shared machine compare ratios within a round.
+
 Prints one JSON object; per-item costs (µs per image or record) show whether each step is
 linear in N. Steps can be chosen with ``--steps``; the pack output is cached too (reused when
 its manifest exists) unless ``pack`` is among the steps.
@@ -170,6 +175,35 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".tfrecord")
 
 
+def first_batch_cmd(shards: Path, args: argparse.Namespace) -> list[str]:
+    return [sys.executable, "-c", _FIRST_BATCH, str(shards), str(args.batch_size),
+            str(args.image_px), args.backend, str(args.workers)]  # fmt: skip
+
+
+def repeat_first_batch(args: argparse.Namespace, results: list[dict]) -> dict:
+    """Rounds 2..R of ``first_batch`` (round 1 is in ``results``), sizes alternating."""
+    import statistics
+
+    sizes = [row["images"] for row in results]
+    seconds = [[row["first_batch"]["first_batch_s"] for row in results]]
+    for _ in range(args.repeat - 1):
+        times = []
+        for n in sizes:
+            r = run_measured(first_batch_cmd(args.work / f"n{n}" / "shards", args), capture=True)
+            times.append(json.loads(r["stdout"])["first_batch_s"])
+        seconds.append(times)
+        print(json.dumps({"first_batch_s": dict(zip(sizes, times, strict=True))}), file=sys.stderr)
+    ratios = [t[-1] / t[0] for t in seconds]
+    return {
+        "sizes": sizes,
+        "seconds": [[round(x, 3) for x in t] for t in seconds],
+        "median_s": [round(statistics.median(t[k] for t in seconds), 3) for k in range(len(sizes))],
+        "ratio_last_to_first": [round(x, 2) for x in ratios],
+        "ratio_median": round(statistics.median(ratios), 2),
+        "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="cache directory (images, shards)")
@@ -182,6 +216,7 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", choices=("torch", "dali"))
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", default=",".join(STEPS), help=f"subset of {','.join(STEPS)}")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of first_batch (see above)")
     args = ap.parse_args()
     steps = [s for s in args.steps.split(",") if s]
     unknown = set(steps) - set(STEPS)
@@ -221,9 +256,7 @@ def main() -> None:
             r.update(json.loads(r.pop("stdout")))
             row["open"] = r
         if "first_batch" in steps:
-            cmd = [sys.executable, "-c", _FIRST_BATCH, str(shards), str(args.batch_size),
-                   str(args.image_px), args.backend, str(args.workers)]  # fmt: skip
-            r = run_measured(cmd, capture=True)
+            r = run_measured(first_batch_cmd(shards, args), capture=True)
             r.update(json.loads(r.pop("stdout")))
             recs = r["records"]
             r["rss_bytes_per_record"] = round(r["rss_after_first_batch_mb"] * 2**20 / recs, 1)
@@ -244,6 +277,9 @@ def main() -> None:
             row["verify"]["x_sha256_bound"] = round(row["verify"]["wall_s"] / r["wall_s"], 2)
         results.append(row)
         print(json.dumps(row), file=sys.stderr)
+    rounds = None
+    if args.repeat > 1 and "first_batch" in steps:
+        rounds = repeat_first_batch(args, results)
     print(
         json.dumps(
             {
@@ -253,6 +289,7 @@ def main() -> None:
                 "load_before": load_before,
                 "load_after": os.getloadavg(),
                 "results": results,
+                **({"first_batch_rounds": rounds} if rounds else {}),
             },
             indent=1,
         )
