@@ -47,6 +47,19 @@ def hold_plan_until_an_image(monkeypatch, progress: Progress, seen_at_plan: list
     monkeypatch.setattr(pack_prepare, "plan_split", plan_split)
 
 
+def count_at_plan(monkeypatch, progress: Progress) -> list[int]:
+    """Record, per ``plan_split`` call, how many images the progress had counted by then."""
+    seen: list[int] = []
+    real = pack_prepare.plan_split
+
+    def plan_split(*args, **kwargs):
+        seen.append(progress.count)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pack_prepare, "plan_split", plan_split)
+    return seen
+
+
 @pytest.mark.parametrize("pool", ["threads", "processes"])
 @pytest.mark.parametrize("by", ["count", "bytes"])
 def test_overlapped_plan_gives_the_same_bytes_as_planning_first(tmp_path, monkeypatch, pool, by):
@@ -62,14 +75,7 @@ def test_overlapped_plan_gives_the_same_bytes_as_planning_first(tmp_path, monkey
     with monkeypatch.context() as m:
         m.setattr(pack_core, "nothing_to_keep", lambda *a: False)  # the plan before any image
         progress = Progress()
-        seen: list[int] = []
-        real = pack_prepare.plan_split
-
-        def plan_split(*args, **kwargs):
-            seen.append(progress.count)
-            return real(*args, **kwargs)
-
-        m.setattr(pack_prepare, "plan_split", plan_split)
+        seen = count_at_plan(m, progress)
         pack(prefix, root, opts(first, **common), progress=progress)
         assert seen == [0, 0]  # train, val: planned before anything was processed
 
@@ -118,14 +124,7 @@ def test_resume_plans_first_and_keeps_finished_shards(tmp_path, monkeypatch):
         )  # no image before the plan: certain
         pack(prefix, root, opts(out, shard_size=4), progress=stop_after_9)
     progress = Progress()
-    seen: list[int] = []
-    real = pack_prepare.plan_split
-
-    def plan_split(*args, **kwargs):
-        seen.append(progress.count)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pack_prepare, "plan_split", plan_split)
+    seen = count_at_plan(monkeypatch, progress)
     res = pack(prefix, root, opts(out, shard_size=4, resume=True), progress=progress)
     assert seen == [0]  # planned before any image: the plan says what to keep
     assert res.splits["train"].shards_reused == 2 and res.images == 4, res

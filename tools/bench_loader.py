@@ -426,6 +426,19 @@ def one_row(a: argparse.Namespace) -> dict[str, Any]:
     return {"windows": run(factory, a.epochs, a.warmup), "recordkit": recordkit.__file__}
 
 
+def _add_ratios(r: dict[str, Any], ref: dict[str, Any], name: str) -> None:
+    """Put ``{steady,epoch}_vs_<name>`` (rate ÷ ref's) and ``cpu_vs_<name>`` (ref's CPU per
+    image ÷ r's) into ``r``, where both sides have the figure."""
+    for k in ("steady", "epoch"):
+        key = f"{k}_images_per_sec"
+        if r[key] and ref[key]:
+            r[f"{k}_vs_{name}"] = round(r[key] / ref[key], 2)
+    if r["steady_cpu_us_per_image"] and ref["steady_cpu_us_per_image"]:
+        r[f"cpu_vs_{name}"] = round(
+            ref["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
+        )
+
+
 def main_rrc480(a: argparse.Namespace) -> dict[str, Any]:
     """The ``--case rrc480`` measurement (module docstring)."""
     with tempfile.TemporaryDirectory(prefix="rk-bench-") as tmp:
@@ -458,24 +471,10 @@ def main_rrc480(a: argparse.Namespace) -> dict[str, Any]:
         row = name.split("@")[0]
         base = results.get("mxnet_bilinear" if row.endswith("bilinear") else "mxnet_area")
         if base and not name.startswith("mxnet"):
-            for k in ("steady", "epoch"):
-                key = f"{k}_images_per_sec"
-                if r[key] and base[key]:
-                    r[f"{k}_vs_mxnet"] = round(r[key] / base[key], 2)
-            if r["steady_cpu_us_per_image"] and base["steady_cpu_us_per_image"]:
-                r["cpu_vs_mxnet"] = round(
-                    base["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
-                )
+            _add_ratios(r, base, "mxnet")
         before = results.get(f"{name}@base")
         if before:  # this checkout against the baseline checkout, same row
-            for k in ("steady", "epoch"):
-                key = f"{k}_images_per_sec"
-                if r[key] and before[key]:
-                    r[f"{k}_vs_base"] = round(r[key] / before[key], 2)
-            if r["steady_cpu_us_per_image"] and before["steady_cpu_us_per_image"]:
-                r["cpu_vs_base"] = round(
-                    before["steady_cpu_us_per_image"] / r["steady_cpu_us_per_image"], 2
-                )
+            _add_ratios(r, before, "base")
     info = {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
     return {"case": "rrc480", "pack": info, "results": results}
 
