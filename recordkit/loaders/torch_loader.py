@@ -33,6 +33,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -466,9 +467,17 @@ _WORKER_PIDS: set[int] = set()  # this process's DataLoader workers (they ignore
 def _reap_workers() -> None:
     """At exit, end the workers still alive with SIGKILL: they ignore the SIGTERM that
     ``multiprocessing``'s own exit handler sends its daemonic children before joining them,
-    so without this a process that exits with a loader still open would wait for ever."""
+    so without this a process that exits with a loader still open would wait for ever.
+
+    torch's SIGCHLD handler reports any worker that dies of a signal as a failure (raising
+    "DataLoader worker ... is killed by signal" inside ``multiprocessing``'s exit handler, a
+    traceback at every such exit), so it is set back to the default first: the process is
+    ending, and there is no batch left to fail."""
     alive = {child.pid for child in mp.active_children()}  # only children not yet reaped
-    for pid in _WORKER_PIDS & alive:
+    doomed = _WORKER_PIDS & alive
+    if doomed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for pid in doomed:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     _WORKER_PIDS.clear()
