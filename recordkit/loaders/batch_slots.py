@@ -24,6 +24,7 @@ it again nor faults on its pages.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 
@@ -79,10 +80,7 @@ class BatchSlots:
         Returns:
             ``(tensor, handle)``; send both to the main process, which releases the block.
         """
-        size = 1
-        for n in shape:
-            size *= int(n)
-        nbytes = HEADER_BYTES + size
+        nbytes = HEADER_BYTES + math.prod(int(n) for n in shape)
         storage = next((s for s in self._pool if s.nbytes() == nbytes and s[0] == 0), None)
         if storage is None:
             storage = torch.UntypedStorage._new_shared(nbytes)

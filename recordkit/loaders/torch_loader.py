@@ -187,9 +187,16 @@ def stack_samples(samples: Sequence[torch.Tensor]) -> tuple[torch.Tensor, str]:
     Returns:
         ``(batch, layout)``, ``layout`` ``"NHWC"`` or ``"NCHW"``.
     """
+    views, layout = _layout_views(samples)
+    return default_collate(views), layout
+
+
+def _layout_views(samples: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], str]:
+    """The samples as stacked by :func:`stack_samples`: HWC views (``"NHWC"``) when every
+    sample is a view of an HWC array, else the samples themselves (``"NCHW"``)."""
     if all(s.dim() == 3 and s.permute(1, 2, 0).is_contiguous() for s in samples):
-        return default_collate([s.permute(1, 2, 0) for s in samples]), "NHWC"
-    return default_collate(list(samples)), "NCHW"
+        return [s.permute(1, 2, 0) for s in samples], "NHWC"
+    return list(samples), "NCHW"
 
 
 class _Collate:
@@ -250,14 +257,13 @@ class _Collate:
             isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.dim() == 3 for s in samples
         ):
             return None
-        hwc = all(s.permute(1, 2, 0).is_contiguous() for s in samples)
-        views = [s.permute(1, 2, 0) for s in samples] if hwc else samples
+        views, layout = _layout_views(samples)
         if any(v.shape != views[0].shape for v in views):
             return None
         out, handle = self._batch((len(views), *views[0].shape), True)
         assert handle is not None
         torch.stack(views, out=out)
-        return out, "NHWC" if hwc else "NCHW", handle
+        return out, layout, handle
 
 
 def batch_to_device(images: torch.Tensor, layout: str, device: torch.device) -> torch.Tensor:
